@@ -1,0 +1,35 @@
+"""`bizsre run ...`: lm_eval's own command line with edited-hf registered and our tasks included.
+
+Every option is lm_eval's; `--include_path` gets the bundled task folder added unless given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="arguments passed to lm_eval unchanged")
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_lm_eval(args.lm_eval_args)
+
+
+def run_lm_eval(argv: list[str]) -> int:
+    from bizsre_tasks import lm_eval_hook
+    from bizsre_tasks.task_generation import BUNDLED_DIR
+
+    lm_eval_hook.install()
+    has_include = any(arg == "--include_path" or arg.startswith("--include_path=") for arg in argv)
+    if not has_include and not any(arg in ("-h", "--help") for arg in argv):
+        argv = [*argv, "--include_path", str(BUNDLED_DIR)]
+    from lm_eval.__main__ import cli_evaluate
+
+    sys.argv = ["lm_eval", *argv]
+    try:
+        result = cli_evaluate()
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return int(result or 0) if isinstance(result, int) else 0

@@ -1,0 +1,118 @@
+"""Language-aware answer normalisation, tokenisation, F1 and exact match.
+
+English and other space-delimited languages follow the SQuAD convention: lower-case, strip
+punctuation and articles, split on whitespace. Chinese is segmented with jieba after removing
+punctuation and spaces. Languages written without spaces for which no segmenter is installed
+(Thai, Japanese, ...) fall back to single characters. The rule per language lives in one table,
+`TOKENIZATION_RULES`, and can be overridden with `set_tokenization_rule` or the environment
+variable `BIZSRE_TOKENIZATION` (for example `ja=characters,vi=whitespace`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+
+WHITESPACE, JIEBA, CHARACTERS = "whitespace", "jieba", "characters"
+RULES = (WHITESPACE, JIEBA, CHARACTERS)
+
+TOKENIZATION_RULES: dict[str, str] = {
+    "zh": JIEBA,
+    "ja": CHARACTERS,
+    "th": CHARACTERS,
+    "lo": CHARACTERS,
+    "km": CHARACTERS,
+    "my": CHARACTERS,
+    "bo": CHARACTERS,
+}
+DEFAULT_RULE = WHITESPACE
+TOKENIZATION_ENV = "BIZSRE_TOKENIZATION"
+
+# Articles removed under the SQuAD convention, per language; languages not listed keep all words.
+ARTICLES: dict[str, tuple[str, ...]] = {
+    "en": ("a", "an", "the"),
+    "de": ("der", "die", "das", "den", "dem", "des", "ein", "eine", "einen", "einem", "einer", "eines"),
+    "fr": ("le", "la", "les", "l", "un", "une", "des"),
+    "es": ("el", "la", "los", "las", "un", "una", "unos", "unas"),
+}
+
+
+def set_tokenization_rule(lang: str, rule: str) -> None:
+    if rule not in RULES:
+        raise ValueError(f"unknown tokenization rule '{rule}' for language '{lang}'; choose one of {', '.join(RULES)}")
+    TOKENIZATION_RULES[lang] = rule
+
+
+def tokenization_rule(lang: str) -> str:
+    overrides = os.environ.get(TOKENIZATION_ENV, "")
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        code, _, rule = item.partition("=")
+        if code.strip() == lang:
+            if rule.strip() not in RULES:
+                raise ValueError(f"{TOKENIZATION_ENV}: unknown rule '{rule}' for '{lang}'; choose one of {', '.join(RULES)}")
+            return rule.strip()
+    return TOKENIZATION_RULES.get(lang.split("-")[0].lower(), DEFAULT_RULE)
+
+
+def _is_punctuation(char: str) -> bool:
+    return char in string.punctuation or unicodedata.category(char).startswith("P") or unicodedata.category(char).startswith("S")
+
+
+def _strip_punctuation(text: str) -> str:
+    return "".join(" " if _is_punctuation(char) else char for char in text)
+
+
+def normalize_answer(text: str, lang: str) -> str:
+    """Lower-case, punctuation removed, articles removed (where the language has a list), spaces collapsed."""
+    text = unicodedata.normalize("NFKC", text or "").lower()
+    text = _strip_punctuation(text)
+    words = text.split()
+    articles = set(ARTICLES.get(lang, ()))
+    return " ".join(word for word in words if word not in articles)
+
+
+def _jieba_tokens(text: str) -> list[str]:
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [token for token in jieba.lcut(text) if token.strip()]
+
+
+def answer_tokens(text: str, lang: str) -> list[str]:
+    normalized = normalize_answer(text, lang)
+    rule = tokenization_rule(lang)
+    if rule == WHITESPACE:
+        return normalized.split()
+    if rule == JIEBA:
+        return _jieba_tokens(normalized.replace(" ", ""))
+    return [char for char in normalized if not char.isspace()]
+
+
+def _exact_text(text: str, lang: str) -> str:
+    normalized = normalize_answer(text, lang)
+    return normalized if tokenization_rule(lang) == WHITESPACE else normalized.replace(" ", "")
+
+
+def exact_match(prediction: str, gold: str, lang: str) -> float:
+    return float(_exact_text(prediction, lang) == _exact_text(gold, lang))
+
+
+def multiset_f1(predicted: Sequence, gold: Sequence) -> float:
+    """SQuAD-style F1 over token multisets; two empty sides agree, one empty side scores 0."""
+    if not predicted or not gold:
+        return float(len(predicted) == len(gold))
+    overlap = sum((Counter(predicted) & Counter(gold)).values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(predicted), overlap / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def f1_score(prediction: str, gold: str, lang: str) -> float:
+    return multiset_f1(answer_tokens(prediction, lang), answer_tokens(gold, lang))

@@ -1,0 +1,54 @@
+"""Prompt templates per language.
+
+A template turns a question into the text the model continues; `{question}` is replaced by the
+question. The answer is expected on the same line, so tasks stop generating at the first newline.
+Templates can be overridden per language through model_args/metadata
+(`prompt_template_en="Q: {question}\\nA:"`) or the environment variable `BIZSRE_PROMPT_TEMPLATE_<LANG>`.
+Languages without a template here use the English one.
+"""
+
+from __future__ import annotations
+
+import os
+
+PROMPT_TEMPLATES: dict[str, str] = {
+    "en": "Question: {question}\nAnswer:",
+    "zh": "问题：{question}\n答案：",
+    "de": "Frage: {question}\nAntwort:",
+    "fr": "Question : {question}\nRéponse :",
+    "es": "Pregunta: {question}\nRespuesta:",
+    "ru": "Вопрос: {question}\nОтвет:",
+    "ja": "質問：{question}\n答え：",
+}
+FALLBACK_LANGUAGE = "en"
+STOP_SEQUENCES = ["\n"]
+
+# Locality questions of the English ZsRE data carry this Natural Questions marker; it is not part of
+# the question a person would ask, so prompts drop it.
+NQ_PREFIX = "nq question:"
+
+
+def prompt_template(lang: str, overrides: dict | None = None) -> str:
+    key = f"prompt_template_{lang}"
+    template = (overrides or {}).get(key) or os.environ.get(f"BIZSRE_PROMPT_TEMPLATE_{lang.upper()}")
+    template = template or PROMPT_TEMPLATES.get(lang) or PROMPT_TEMPLATES[FALLBACK_LANGUAGE]
+    template = template.replace("\\n", "\n")
+    if "{question}" not in template:
+        raise ValueError(f"prompt template for '{lang}' must contain '{{question}}': {template!r}")
+    return template
+
+
+def clean_question(question: str) -> str:
+    stripped = question.strip()
+    if stripped.lower().startswith(NQ_PREFIX):
+        stripped = stripped[len(NQ_PREFIX):].strip()
+    return stripped
+
+
+def answer_separator(template: str) -> str:
+    """What joins prompt and answer: a space after Latin-script colons, nothing after full-width ones."""
+    return "" if template.endswith(("：", "\n", " ")) else " "
+
+
+def build_prompt(question: str, lang: str, overrides: dict | None = None) -> str:
+    return prompt_template(lang, overrides).format(question=clean_question(question))

@@ -1,0 +1,139 @@
+"""Documents and scoring for the Bi-ZsRE lm-eval tasks.
+
+Every task document is one test case seen through one split (reliability, generality, locality,
+portability) in one language. Besides the prompt and target the harness needs, a document carries
+the edit of its case (`bizsre_edit`) and a case key, so that the `edited-hf` model can apply one edit
+per case and answer all of that case's requests under it. Locality documents are asked twice (the
+task's `repeats: 2`): the first answer comes from the unedited model, the second from the edited one.
+
+Task YAMLs call `load_docs` as their `custom_dataset`; lm-eval passes the task metadata merged with
+model_args, so `test_file`, `edit_lang`, `protocol` and prompt overrides given on the command line
+reach this module.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from bizsre_tasks import data_loading, metrics, prompts
+
+SPLITS = ("reliability", "generality", "locality", "portability")
+DEFAULT_EDIT_LANG = "en"
+PROTOCOLS = ("generate", "teacher_forced")
+
+
+def _split_question_and_target(part: data_loading.LanguagePart, split: str) -> tuple[str, str]:
+    if split in ("reliability",):
+        return part.src, part.alt
+    if split == "generality":
+        return part.rephrase, part.alt
+    if split == "locality":
+        return part.loc, part.loc_ans
+    if split == "portability":
+        return part.portability_question, part.portability_answer
+    raise ValueError(f"unknown Bi-ZsRE split '{split}'; expected one of {', '.join(SPLITS)}")
+
+
+def edit_lang_from(metadata: dict[str, Any]) -> str:
+    return str(metadata.get("edit_lang") or DEFAULT_EDIT_LANG)
+
+
+def protocol_from(metadata: dict[str, Any]) -> str:
+    protocol = str(metadata.get("protocol") or "generate")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol '{protocol}'; expected one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    split = metadata.get("bizsre_split")
+    if split not in SPLITS:
+        raise ValueError(f"task metadata 'bizsre_split' must be one of {', '.join(SPLITS)}, got {split!r}")
+    edit_lang = edit_lang_from(metadata)
+    lang = edit_lang if split == "reliability" else metadata.get("bizsre_lang")
+    if not lang:
+        raise ValueError(f"task metadata 'bizsre_lang' is required for split '{split}'")
+    path = data_loading.resolve_test_file(metadata.get("test_file") or metadata.get("bizsre_bound_file"))
+    test_set = data_loading.load_test_set(path)
+    for needed, role in ((edit_lang, "edit_lang"), (lang, "task language")):
+        if needed not in test_set.languages:
+            raise data_loading.DataFormatError(
+                path, f"{role} '{needed}' is not among the file's languages {list(test_set.languages)}", field=needed
+            )
+    protocol = protocol_from(metadata)
+    scoring_tokenizer = str(metadata.get("pretrained") or "") if protocol == "teacher_forced" else ""
+    edit_template = prompts.prompt_template(edit_lang, metadata)
+    template = prompts.prompt_template(lang, metadata)
+    docs = []
+    for case in test_set.cases:
+        part = case.part(lang)
+        question, target = _split_question_and_target(part, split)
+        if question is None:
+            raise data_loading.DataFormatError(path, "has no portability question", record=case.case_id, field=f"{lang}.portability")
+        edit_part = case.part(edit_lang)
+        edit = {
+            "lang": edit_lang,
+            "subject": edit_part.subject,
+            "prompt": edit_template.format(question=prompts.clean_question(edit_part.src)),
+            "target": edit_part.alt,
+            "target_separator": prompts.answer_separator(edit_template),
+            "question": edit_part.src,
+            "rephrase": edit_part.rephrase,
+        }
+        docs.append(
+            {
+                "case_id": case.case_id,
+                "case_key": f"{test_set.fingerprint}:{edit_lang}:{case.case_id}",
+                "split": split,
+                "lang": lang,
+                "question": question,
+                "prompt": template.format(question=prompts.clean_question(question)),
+                "target": target,
+                "target_separator": prompts.answer_separator(template),
+                "protocol": protocol,
+                "scoring_tokenizer": scoring_tokenizer,
+                "bizsre_edit": json.dumps(edit, ensure_ascii=False),
+            }
+        )
+    return docs
+
+
+def load_docs(**metadata: Any):
+    """`custom_dataset` entry point for the task YAMLs."""
+    import datasets
+
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(build_docs(metadata))})
+
+
+@lru_cache(maxsize=4)
+def _scoring_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    from bizsre_tasks.default_model import resolve_pretrained
+
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name or None))
+
+
+def score(prediction: str, gold: str, doc: dict[str, Any]) -> tuple[float, float]:
+    """(F1, EM) of one answer: language-aware words for `generate`, model tokens for `teacher_forced`."""
+    if doc.get("protocol") == "teacher_forced":
+        tokenizer = _scoring_tokenizer(doc.get("scoring_tokenizer") or "")
+        predicted_ids = tokenizer(prediction.strip(), add_special_tokens=False)["input_ids"]
+        gold_ids = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
+        return metrics.multiset_f1(predicted_ids, gold_ids), float(prediction.strip() == gold.strip())
+    lang = doc["lang"]
+    return metrics.f1_score(prediction, gold, lang), metrics.exact_match(prediction, gold, lang)
+
+
+def process_results(doc: dict[str, Any], results: list) -> dict[str, float]:
+    answers = results[0]
+    if doc["split"] == "locality":
+        pre_edit, post_edit = answers[0], answers[1]
+        f1, em = score(post_edit, pre_edit, doc)
+        gold_f1, gold_em = score(post_edit, doc["target"], doc)
+        return {"f1": f1, "em": em, "gold_f1": gold_f1, "gold_em": gold_em}
+    answer = answers if isinstance(answers, str) else answers[0]
+    f1, em = score(answer, doc["target"], doc)
+    return {"f1": f1, "em": em}
