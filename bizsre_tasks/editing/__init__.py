@@ -1,0 +1,1 @@
+"""Knowledge-editing methods behind one protocol (see `base.py`); one module per method."""

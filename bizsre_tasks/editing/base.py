@@ -1,0 +1,158 @@
+"""The protocol every editing method implements, and what the wrapper hands to it.
+
+A method is built once per run (`__init__` + `prepare`), then `apply(request)` is called once per
+test case. `apply` returns an `AppliedEdit`: the wrapper answers the case's questions through it
+(`rewrite_prompt` lets in-context methods change the prompt, weight methods leave it alone) and
+calls `restore()` before the next case. Methods that change weights must make `restore()` put every
+touched tensor back bit for bit; `WeightBackup` does that for them.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from bizsre_tasks.editing.layout import ModelLayout
+from bizsre_tasks.errors import BizsreError
+
+
+class EditFailedError(BizsreError):
+    """An edit that could not be applied (NaN loss, singular matrix, exploding update).
+
+    The wrapper restores the model, records the case as a failed edit and carries on.
+    """
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to install: `prompt` + `target_separator` + `target` should become the model's continuation."""
+
+    prompt: str
+    target: str
+    subject: str
+    lang: str
+    target_separator: str = " "
+    question: str = ""
+    rephrase: str = ""
+    case_key: str = ""
+
+    @property
+    def target_text(self) -> str:
+        return self.target_separator + self.target
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> EditRequest:
+        """Build the request from a Bi-ZsRE task document (its `bizsre_edit` field)."""
+        edit = json.loads(doc["bizsre_edit"])
+        return cls(
+            prompt=edit["prompt"],
+            target=edit["target"],
+            subject=edit["subject"],
+            lang=edit["lang"],
+            target_separator=edit.get("target_separator", " "),
+            question=edit.get("question", ""),
+            rephrase=edit.get("rephrase", ""),
+            case_key=doc.get("case_key", ""),
+        )
+
+
+@dataclass
+class EditingContext:
+    """The model under edit and what methods may need besides it."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    layout: ModelLayout
+    device: torch.device
+    model_name: str = ""
+    train_file: str | None = None
+    edit_lang: str = "en"
+    checkpoint: str | None = None
+    seed: int = 1234
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AppliedEdit:
+    """An edit in force. The default changes nothing and restores nothing."""
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        return prompt
+
+    def restore(self) -> None:
+        return None
+
+
+class WeightBackup:
+    """Exact copies of the tensors an edit is about to change; `restore` copies them back bit for bit."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self._live = tensors
+        self._saved = {name: tensor.detach().clone() for name, tensor in tensors.items()}
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for name, tensor in self._live.items():
+                tensor.copy_(self._saved[name])
+
+
+class WeightEdit(AppliedEdit):
+    """An edit made by changing weights in place; restoring copies the saved originals back."""
+
+    def __init__(self, backup: WeightBackup):
+        self._backup = backup
+
+    def restore(self) -> None:
+        self._backup.restore()
+
+
+class EditingMethod(ABC):
+    """Base class: subclasses set `name`, `modifies_weights`, `default_hparams` and implement `apply`.
+
+    `default_hparams` holds every accepted key with its default; `family_hparams` overrides defaults
+    per `config.model_type`. User YAML values are checked against the defaults' types.
+    """
+
+    name: ClassVar[str]
+    modifies_weights: ClassVar[bool] = True
+    default_hparams: ClassVar[dict[str, Any]] = {}
+    family_hparams: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, context: EditingContext, hparams: dict[str, Any]):
+        self.context = context
+        self.hparams = hparams
+        self._prepared = False
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.context.model
+
+    @property
+    def tokenizer(self):
+        return self.context.tokenizer
+
+    @property
+    def layout(self) -> ModelLayout:
+        return self.context.layout
+
+    def ensure_prepared(self) -> None:
+        if not self._prepared:
+            self.prepare()
+            self._prepared = True
+
+    def prepare(self) -> None:
+        """One-time work before the first edit (statistics, demonstration pools, checkpoints)."""
+
+    def validate_hparams(self) -> None:
+        """Range checks beyond types (e.g. layer indices); raise ConfigurationError."""
+
+    @abstractmethod
+    def apply(self, request: EditRequest) -> AppliedEdit:
+        """Install the edit and return the handle that answers under it and restores the model."""
+
+    def apply_batch(self, requests: list[EditRequest]) -> list[AppliedEdit]:
+        """Weight-free methods may install several edits at once; weight methods never get here."""
+        return [self.apply(request) for request in requests]

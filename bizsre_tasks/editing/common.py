@@ -1,0 +1,136 @@
+"""Tokenisation and forward-pass helpers shared by the editing methods and teacher forcing.
+
+The vocabulary (262k for Gemma) makes the LM head the most expensive part of a forward pass, so
+these helpers run the transformer body once and apply the head only at the positions asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PromptTargetBatch:
+    """Right-padded prompt+target sequences; `positions[b, t]` is where target token t of row b is predicted."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    target_ids: torch.Tensor  # (B, T) padded with -100
+    positions: torch.Tensor  # (B, T) index of the logit predicting each target token (0 where padded)
+    prompt_lengths: list[int]
+
+    @property
+    def target_mask(self) -> torch.Tensor:
+        return self.target_ids != -100
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Prompt tokens as the model sees them in evaluation (with its BOS token when it uses one)."""
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def encode_target(tokenizer, target_text: str) -> list[int]:
+    """Target tokens without special tokens (a BOS inside the target would be trained as an answer)."""
+    ids = tokenizer(target_text, add_special_tokens=False)["input_ids"]
+    return ids
+
+
+def build_batch(tokenizer, prompts: list[str], target_texts: list[str], device: torch.device | str = "cpu") -> PromptTargetBatch:
+    rows, targets, prompt_lengths = [], [], []
+    for prompt, target_text in zip(prompts, target_texts):
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        target_ids = encode_target(tokenizer, target_text)
+        if not target_ids:
+            raise ValueError(f"target {target_text!r} tokenises to nothing")
+        rows.append(prompt_ids + target_ids)
+        targets.append(target_ids)
+        prompt_lengths.append(len(prompt_ids))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    width = max(len(row) for row in rows)
+    target_width = max(len(t) for t in targets)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    target_ids = torch.full((len(rows), target_width), -100, dtype=torch.long)
+    positions = torch.zeros((len(rows), target_width), dtype=torch.long)
+    for b, (row, target, prompt_length) in enumerate(zip(rows, targets, prompt_lengths)):
+        input_ids[b, : len(row)] = torch.tensor(row)
+        attention_mask[b, : len(row)] = 1
+        target_ids[b, : len(target)] = torch.tensor(target)
+        positions[b, : len(target)] = torch.arange(prompt_length - 1, prompt_length - 1 + len(target))
+    return PromptTargetBatch(
+        input_ids.to(device), attention_mask.to(device), target_ids.to(device), positions.to(device), prompt_lengths
+    )
+
+
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Final hidden states (after the final norm) without computing logits."""
+    outputs = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+
+
+def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    logits = model.get_output_embeddings()(hidden)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
+    """Logits (B, T, V) only at `positions` (B, T)."""
+    hidden = hidden_states(model, input_ids, attention_mask)
+    index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return head_logits(model, hidden.gather(1, index))
+
+
+def target_nll(model, batch: PromptTargetBatch) -> torch.Tensor:
+    """Mean negative log-likelihood of the target tokens, averaged per sequence then over the batch."""
+    logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.positions)
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    mask = batch.target_mask
+    picked = log_probs.gather(-1, batch.target_ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    per_sequence = -(picked * mask).sum(1) / mask.sum(1)
+    return per_sequence.mean()
+
+
+def find_subject_last_token(tokenizer, prompt: str, subject: str) -> int:
+    """Index (in the prompt's tokens) of the subject's last token; the prompt's last token if absent.
+
+    Works on character offsets, so it is independent of how the tokenizer merges the subject.
+    """
+    encoded = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+    offsets = encoded["offset_mapping"]
+    start = prompt.rfind(subject) if subject else -1
+    if start < 0:
+        start = prompt.lower().rfind(subject.lower()) if subject else -1
+    if start < 0:
+        return len(offsets) - 1
+    end = start + len(subject)
+    last = None
+    for index, (token_start, token_end) in enumerate(offsets):
+        if token_end > token_start and token_start < end and token_end > start:
+            last = index
+    return last if last is not None else len(offsets) - 1
+
+
+def requires_grad_only(parameters: list[torch.Tensor]):
+    """Context: gradients only for `parameters` (everything else in the model stays frozen)."""
+    return _GradScope(parameters)
+
+
+class _GradScope:
+    def __init__(self, parameters):
+        self.parameters = parameters
+
+    def __enter__(self):
+        for parameter in self.parameters:
+            parameter.requires_grad_(True)
+        return self
+
+    def __exit__(self, *exc):
+        for parameter in self.parameters:
+            parameter.requires_grad_(False)
+            parameter.grad = None
+        return False

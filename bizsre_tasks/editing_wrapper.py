@@ -1,0 +1,197 @@
+"""`edited-hf`: the harness's HF model, edited per test case before it answers.
+
+For every Bi-ZsRE case in the requests the harness hands over, the wrapper
+1. answers the case's locality questions with the unedited model (the pre-edit answers),
+2. applies the chosen method's edit once, built from the edit-language part of the case,
+3. answers every request of that case from every selected task, batched,
+4. restores the model (bit for bit; `verify_restore=true` checks it with a checksum).
+Weight-free methods (IKE, SERAC, none) are batched across cases instead.
+
+The wrapper knows nothing of any method's internals: it talks to them through
+`bizsre_tasks.editing.base.EditingMethod`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from typing import Any
+
+import torch
+from lm_eval.api.registry import register_model
+from lm_eval.models.huggingface import HFLM
+from tqdm.auto import tqdm
+
+from bizsre_tasks.case_planning import CaseWork, plan_cases
+from bizsre_tasks.default_model import resolve_pretrained
+from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingContext
+from bizsre_tasks.editing.layout import ModelLayout
+from bizsre_tasks.editing.registry import build_method, method_class, read_hparams_file
+from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.task_docs import PROTOCOLS
+from bizsre_tasks.teacher_forcing import teacher_forced_answers
+
+logger = logging.getLogger(__name__)
+
+# model_args that lm-eval also passes to tasks (metadata); the model accepts and ignores them.
+TASK_ONLY_ARGS = ("test_file",)
+TASK_ONLY_PREFIXES = ("prompt_template_",)
+LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]+)?$")
+
+
+class _Request:
+    """The part of an lm-eval Instance that HFLM.generate_until reads."""
+
+    def __init__(self, context: str, gen_kwargs: dict):
+        self.args = (context, gen_kwargs)
+
+
+def model_checksum(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@register_model("edited-hf")
+class EditedHFLM(HFLM):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        method: str = "none",
+        edit_lang: str = "en",
+        hparams: str | None = None,
+        protocol: str = "generate",
+        seed: int = 1234,
+        verify_restore: bool = False,
+        checkpoint: str | None = None,
+        train_file: str | None = None,
+        cache_dir: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in list(kwargs):
+            if key in TASK_ONLY_ARGS or key.startswith(TASK_ONLY_PREFIXES):
+                kwargs.pop(key)
+        # Argument checks come before the (slow) model load.
+        method = str(method).lower()
+        method_cls = method_class(method)
+        if protocol not in PROTOCOLS:
+            raise ConfigurationError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+        edit_lang = str(edit_lang)
+        if not LANG_CODE.match(edit_lang):
+            raise ConfigurationError(f"edit_lang '{edit_lang}' is not a language code such as 'en' or 'zh'")
+        user_hparams = read_hparams_file(hparams)
+        if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
+            kwargs["device"] = "cpu"
+        super().__init__(pretrained=resolve_pretrained(pretrained, cache_dir), **kwargs)
+        self.model.requires_grad_(False)
+        self.method_name = method
+        self.edit_lang = edit_lang
+        self.protocol = protocol
+        self.seed = int(seed)
+        self.verify_restore = bool(verify_restore)
+        self.edit_count = 0
+        self.failed_edits: list[dict[str, str]] = []
+        context = EditingContext(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            layout=ModelLayout.for_model(self.model, user_hparams.get("layout")),
+            device=self.device,
+            model_name=str(getattr(self.model, "name_or_path", "") or pretrained or ""),
+            train_file=train_file,
+            edit_lang=edit_lang,
+            checkpoint=checkpoint,
+            seed=self.seed,
+        )
+        self.editor = build_method(method, context, user_hparams, source=str(hparams or f"{method_cls.name} defaults"))
+
+    # --- the harness's cache cannot tell edits apart ------------------------------------------
+    def set_cache_hook(self, cache_hook) -> None:
+        if self.method_name != "none" and getattr(cache_hook, "dbdict", None) is not None:
+            raise ConfigurationError(
+                "--use_cache is not supported with edited-hf and an editing method: the harness keys its cache "
+                "on the prompt alone, so answers computed under one edit would be returned under another. "
+                "Drop --use_cache (method=none may use it)."
+            )
+        super().set_cache_hook(cache_hook)
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        raise ConfigurationError("edited-hf answers generate_until tasks (the Bi-ZsRE tasks); use --model hf for others")
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+        raise ConfigurationError("edited-hf answers generate_until tasks (the Bi-ZsRE tasks); use --model hf for others")
+
+    # --- answering ----------------------------------------------------------------------------
+    def _teacher_forcing_batch_size(self) -> int:
+        return self.batch_size if isinstance(self.batch_size, int) and self.batch_size > 0 else 8
+
+    def _answer(self, requests: list, indices: list[int], edits: list[AppliedEdit]) -> list[str]:
+        """Answers for `requests[i]`, each under the edit at the same position in `edits`."""
+        if not indices:
+            return []
+        contexts = [edit.rewrite_prompt(requests[i].args[0]) for i, edit in zip(indices, edits)]
+        if self.protocol == "teacher_forced":
+            targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
+            return teacher_forced_answers(self.model, self.tokenizer, contexts, targets, self._teacher_forcing_batch_size())
+        plain = [_Request(context, requests[i].args[1]) for context, i in zip(contexts, indices)]
+        return super().generate_until(plain, disable_tqdm=True)
+
+    def _apply(self, case: CaseWork) -> AppliedEdit:
+        torch.manual_seed(self.seed + case.case_number)
+        self.edit_count += 1
+        try:
+            return self.editor.apply(case.edit)
+        except EditFailedError as exc:
+            logger.warning("edit failed for case %s (%s); its answers come from the unedited model", case.case_key, exc)
+            self.failed_edits.append({"case_key": case.case_key, "reason": str(exc)})
+            return AppliedEdit()
+
+    def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+        cases = plan_cases(requests)
+        self.editor.ensure_prepared()
+        answers: list[str | None] = [None] * len(requests)
+        progress = tqdm(
+            total=len(cases),
+            desc=f"edited-hf {self.method_name} (edit_lang={self.edit_lang})",
+            unit="case",
+            disable=disable_tqdm or self.rank != 0,
+        )
+        if self.editor.modifies_weights:
+            reference = model_checksum(self.model) if self.verify_restore else None
+            for case in cases:
+                self._store(answers, case.pre_edit, self._answer(requests, case.pre_edit, [AppliedEdit()] * len(case.pre_edit)))
+                applied = self._apply(case)
+                try:
+                    self._store(answers, case.post_edit, self._answer(requests, case.post_edit, [applied] * len(case.post_edit)))
+                finally:
+                    applied.restore()
+                if reference is not None and model_checksum(self.model) != reference:
+                    raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {case.case_key}")
+                progress.update(1)
+        else:
+            # Nothing to restore between cases: answer everything in a few large batches.
+            pre = [i for case in cases for i in case.pre_edit]
+            self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+            applied = self._apply_all(cases)
+            post = [i for case in cases for i in case.post_edit]
+            edits = [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
+            self._store(answers, post, self._answer(requests, post, edits))
+            for edit in applied:
+                edit.restore()
+            progress.update(len(cases))
+        progress.close()
+        if self.failed_edits:
+            logger.warning("%d edit(s) failed: %s", len(self.failed_edits), self.failed_edits)
+        return [answer if answer is not None else "" for answer in answers]
+
+    def _apply_all(self, cases: list[CaseWork]) -> list[AppliedEdit]:
+        self.edit_count += len(cases)
+        torch.manual_seed(self.seed)
+        return self.editor.apply_batch([case.edit for case in cases])
+
+    @staticmethod
+    def _store(answers: list, indices: list[int], values: list[str]) -> None:
+        for index, value in zip(indices, values):
+            answers[index] = value
