@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from bizsre_tasks.errors import BizsreError
+
+logger = logging.getLogger(__name__)
 
 TEST_FILE_ENV = "BIZSRE_TEST_FILE"
 TRAIN_FILE_ENV = "BIZSRE_TRAIN_FILE"
@@ -206,7 +209,7 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataFormatError(path, f"not UTF-8 text ({exc})") from None
-    records = []
+    records, unanswered = [], []
     for index, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
@@ -217,8 +220,16 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
         if not question:
             raise DataFormatError(path, "empty string", record=index, field="question")
         if not answer:
-            raise DataFormatError(path, "empty string", record=index, field="answer")
+            unanswered.append(index)
+            continue
         records.append(TrainRecord(src=question, alt=answer))
+    if unanswered:
+        # The released Bi-ZsRE TSVs have 35 questions without an answer; nothing can be trained on
+        # them, so they are left out, loudly.
+        shown = ", ".join(str(i) for i in unanswered[:10]) + (" ..." if len(unanswered) > 10 else "")
+        logger.warning("%s: left out %d record(s) with an empty answer (records %s)", path, len(unanswered), shown)
+    if not records:
+        raise DataFormatError(path, "contains no usable question<TAB>answer records")
     return records
 
 

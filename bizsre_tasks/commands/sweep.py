@@ -1,0 +1,65 @@
+"""`bizsre sweep --methods ... --edit-langs ... --output DIR`: one lm_eval run per (method, edit language)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _list(text: str) -> list[str]:
+    return [item.strip().lower() for item in text.split(",") if item.strip()]
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", required=True, type=_list, help="comma-separated editing methods, e.g. none,ft,ike,kn,rome,memit")
+    parser.add_argument("--edit-langs", default="en,zh", type=_list, help="comma-separated edit languages (default: en,zh)")
+    parser.add_argument("--output", required=True, help="sweep folder; run folders <method>_<edit_lang>/ go inside")
+    parser.add_argument("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
+    parser.add_argument("--limit", type=int, help="first N test cases per run (default: all)")
+    parser.add_argument("--protocol", default="teacher_forced", choices=("teacher_forced", "generate"),
+                        help="answering protocol (default: teacher_forced, as in the paper)")
+    parser.add_argument("--test-file", help="Bi-ZsRE test file (default: $BIZSRE_TEST_FILE, else the bundled sample)")
+    parser.add_argument("--train-file-en", help="training file for runs editing in English (IKE demonstrations, SERAC/MEND)")
+    parser.add_argument("--train-file-zh", help="training file for runs editing in Chinese")
+    parser.add_argument("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hyperparameter file for one method (repeatable)")
+    parser.add_argument("--extra-model-args", help="more edited-hf model_args for every run, k=v,k=v (e.g. seed=1,verify_restore=true)")
+    parser.add_argument("--batch-size", help="lm_eval --batch_size")
+    parser.add_argument("--device", help="lm_eval --device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bizsre_tasks.errors import ConfigurationError
+    from bizsre_tasks.sweep import SweepOptions, parse_key_values, run_sweep
+
+    hparams = {}
+    for item in args.hparams:
+        method, sep, path = item.partition("=")
+        if not sep or not path:
+            raise ConfigurationError(f"--hparams expects METHOD=YAML, got '{item}'")
+        hparams[method.strip().lower()] = path.strip()
+    train_files = {lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path}
+    options = SweepOptions(
+        output=Path(args.output),
+        methods=args.methods,
+        edit_langs=args.edit_langs,
+        pretrained=args.pretrained,
+        limit=args.limit,
+        protocol=args.protocol,
+        test_file=args.test_file,
+        train_files=train_files,
+        hparams=hparams,
+        extra_model_args=parse_key_values(args.extra_model_args, "--extra-model-args"),
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    outcome = run_sweep(options, show_progress=not args.no_progress)
+    total = len(outcome.skipped) + len(outcome.finished) + len(outcome.failed)
+    print(f"sweep: {len(outcome.finished)} run(s) finished, {len(outcome.skipped)} already done, {len(outcome.failed)} failed, of {total}")
+    if outcome.failed:
+        for run, reason in outcome.failed:
+            print(f"  failed: {run.name} ({reason}); log: {run.folder / 'lm_eval.log'}")
+        print("re-run the same command to retry the failed runs (finished ones are skipped)")
+        return 1
+    print(f"next: bizsre report {options.output}")
+    return 0

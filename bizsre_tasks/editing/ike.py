@@ -1,0 +1,126 @@
+"""`method=ike`: In-Context Knowledge Editing (Zheng et al. 2023, "Can We Edit Factual Knowledge by
+In-Context Learning?").
+
+No weight changes: every question of a case is asked after k demonstrations and the new fact,
+
+    New Fact: <demo fact question> <demo new answer>
+    Question: <demo question>
+    Answer: <demo answer>
+    (blank line; k such blocks, copy / update / retain mixed by `ratio`)
+    New Fact: <edit question> <new answer>
+    <the original prompt, unchanged, e.g. "Question: ...\nAnswer:">
+
+Demonstrations come from a training file in the edit language (see `demonstrations.py`), picked by
+similarity to the edit question; the pool is encoded once per (training file, encoder) and cached
+under `<cache_root>/ike/`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from bizsre_tasks import data_loading, default_model, prompts
+from bizsre_tasks.editing.base import AppliedEdit, EditingMethod, EditRequest
+from bizsre_tasks.editing.demonstrations import DemonstrationPool, fact_line, format_demonstration
+from bizsre_tasks.editing.encoders import ENCODERS, build_encoder
+from bizsre_tasks.errors import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+
+class InContextEdit(AppliedEdit):
+    """An edit in force: the demonstrations and the new fact, prepended to every prompt."""
+
+    def __init__(self, context_text: str):
+        self.context_text = context_text
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        return self.context_text + prompt
+
+
+def resolve_pool_source(context_train_file: str | None, hparam_train_file: str) -> Path | None:
+    """model_args train_file, else $BIZSRE_TRAIN_FILE, else hparams `train_file`; None when none is set."""
+    chosen = data_loading.resolve_train_file(context_train_file)
+    if chosen is None and hparam_train_file:
+        chosen = Path(hparam_train_file).expanduser()
+    return chosen
+
+
+def load_pool(context, hparams: dict, method_name: str) -> DemonstrationPool:
+    """The demonstration pool of the edit language; the bundled sample (with a warning) when no file is set."""
+    source = resolve_pool_source(context.train_file, hparams.get("train_file", ""))
+    if source is None:
+        logger.warning(
+            "%s: no training file (model_args train_file=..., $%s or hparams train_file); using the bundled sample's "
+            "questions as demonstrations, which is only good for a demo run",
+            method_name,
+            data_loading.TRAIN_FILE_ENV,
+        )
+        return DemonstrationPool.from_sample(context.edit_lang, seed=context.seed)
+    return DemonstrationPool.from_file(source, context.edit_lang, hparams.get("pool_size", 0), seed=context.seed)
+
+
+class InContextEditing(EditingMethod):
+    name = "ike"
+    modifies_weights = False
+    default_hparams = {
+        "k": 8,  # demonstrations per edit
+        "ratio": [1.0, 3.0, 4.0],  # copy : update : retain (the paper's 1:3:4)
+        "encoder": "base",  # base (model's own hidden states, multilingual) or minilm
+        "encoder_layer": -1,  # for encoder=base: hidden states after this many layers; -1 = middle
+        "encode_batch_size": 32,
+        "train_file": "",  # demonstration pool, used when model_args/env give none
+        "pool_size": 0,  # use only the first N training records (0 = all)
+        "fact_label": "",  # "" = per language ("New Fact: ", "新事实：")
+        "cache": True,  # keep pool features under <cache_root>/ike
+    }
+
+    def __init__(self, context, hparams):
+        super().__init__(context, hparams)
+        self.pool: DemonstrationPool | None = None
+        self.encoder = None
+        self.pool_from_cache = False
+
+    def validate_hparams(self) -> None:
+        hp = self.hparams
+        if hp["k"] < 0:
+            raise ConfigurationError(f"hparams 'k' must be >= 0, got {hp['k']}")
+        ratio = hp["ratio"]
+        if len(ratio) != 3 or any(not isinstance(x, (int, float)) or x < 0 for x in ratio) or sum(ratio) <= 0:
+            raise ConfigurationError(f"hparams 'ratio' must be three non-negative numbers (copy, update, retain), got {ratio!r}")
+        if hp["encoder"] not in ENCODERS:
+            raise ConfigurationError(f"hparams 'encoder': unknown encoder '{hp['encoder']}'; choose one of: {', '.join(ENCODERS)}")
+        if hp["pool_size"] < 0 or hp["encode_batch_size"] < 1:
+            raise ConfigurationError("hparams 'pool_size' must be >= 0 and 'encode_batch_size' >= 1")
+
+    def prepare(self) -> None:
+        self.pool = load_pool(self.context, self.hparams, self.name)
+        self.encoder = build_encoder(self.hparams["encoder"], self.context, self.hparams["encoder_layer"])
+        cache_dir = default_model.cache_root() / "ike" if self.hparams["cache"] else None
+        self.pool_from_cache = self.pool.encode(self.encoder, cache_dir, self.hparams["encode_batch_size"])
+        logger.info(
+            "IKE pool: %d records from %s (%s)", len(self.pool.records), self.pool.source, "cached" if self.pool_from_cache else "encoded"
+        )
+
+    @staticmethod
+    def edit_question(request: EditRequest) -> str:
+        return prompts.clean_question(request.question) if request.question else request.prompt
+
+    def context_text(self, request: EditRequest, query) -> str:
+        question = self.edit_question(request)
+        ratio = tuple(float(x) for x in self.hparams["ratio"])
+        demos = self.pool.select(query, self.hparams["k"], ratio, exclude_question=question)
+        label = self.hparams["fact_label"]
+        text = "".join(format_demonstration(demo, self.pool.lang, label) for demo in demos)
+        return text + fact_line(question, request.target, request.lang, label) + "\n"
+
+    def apply(self, request: EditRequest) -> AppliedEdit:
+        return self.apply_batch([request])[0]
+
+    def apply_batch(self, requests: list[EditRequest]) -> list[AppliedEdit]:
+        self.ensure_prepared()
+        if not requests:
+            return []
+        queries = self.encoder.encode([self.edit_question(r) for r in requests], batch_size=self.hparams["encode_batch_size"])
+        return [InContextEdit(self.context_text(request, query)) for request, query in zip(requests, queries)]

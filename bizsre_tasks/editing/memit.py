@@ -1,0 +1,155 @@
+"""MEMIT (Meng et al. 2023, "Mass-Editing Memory in a Transformer"): one edit spread over a window
+of consecutive MLP output projections.
+
+1. Target: δ is optimised at the MLP output of the window's LAST layer exactly as in ROME
+   (`rome.optimise_delta`); the residual stream after that layer with δ applied is the target z.
+   Optimising at the MLP output rather than in the residual stream keeps the target reachable on
+   post-norm architectures (Gemma's post_feedforward_layernorm, gains up to ~700): a residual-stream
+   target written straight into the projection would be rescaled by that norm.
+2. Spreading: for each layer l of the window, bottom to top, with the edits of the layers below
+   already in place, the remaining gap z − h (at the last layer) is divided by the number of layers
+   left; that share r is the change wanted in layer l's contribution to the residual stream. Where
+   a norm follows the MLP, r is mapped through it: the new MLP output m* solves
+   norm(m*) ≈ norm(m) + r (a small least-squares problem); otherwise m* = m + r.
+3. Update (MEMIT's batched least squares, one column per context row of the edit):
+   ΔW = R Kᵀ (λ C + K Kᵀ)⁻¹ with K the keys, R = M* − M and C = E[k kᵀ] (see `second_moments`).
+   λ (`mom2_weight`) trades how much of r each layer takes against how much other keys move.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from bizsre_tasks.editing.base import EditFailedError, EditRequest
+from bizsre_tasks.editing.rome import (
+    SHARED_HPARAMS,
+    DeltaAtSubject,
+    KeyValueEditor,
+    LayerReplay,
+    _first,
+    auto_layer,
+    optimise_delta,
+)
+from bizsre_tasks.editing.second_moments import regularised
+from bizsre_tasks.errors import ConfigurationError
+
+# The automatic window: this many consecutive layers ending one above ROME's automatic layer.
+AUTO_WINDOW = 3
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_until(model, layers: torch.nn.ModuleList, batch, last: int, probes=()) -> torch.Tensor:
+    """Forward up to and including layer `last` (nothing above it, no LM head); returns that layer's
+    output hidden state at each row's subject position."""
+    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(module, args, output):
+        captured["h"] = _first(output)[rows, batch.subject_positions].detach()
+        raise _Stop
+
+    handle = layers[last].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["h"]
+
+
+def pre_norm_target(norm: torch.nn.Module | None, values: torch.Tensor, change: torch.Tensor, iterations: int = 60) -> torch.Tensor:
+    """MLP outputs m* with norm(m*) ≈ norm(values) + change (rows are independent)."""
+    values, change = values.float(), change.float()
+    if norm is None:
+        return values + change
+    with torch.no_grad():
+        wanted = norm(values) + change
+    x = values.clone().requires_grad_(True)
+    optimiser = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = ((norm(x) - wanted) ** 2).sum() / wanted.pow(2).sum().clamp(min=1e-12)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return x.detach()
+
+
+class Memit(KeyValueEditor):
+    name = "memit"
+    default_hparams: dict[str, Any] = {
+        "layers": None,  # consecutive layers to edit; None: automatic (see AUTO_WINDOW)
+        "mom2_weight": 1000.0,  # λ in (λC + KKᵀ)⁻¹
+        **SHARED_HPARAMS,
+    }
+    family_hparams: dict[str, dict[str, Any]] = {}
+
+    def edit_layers(self) -> list[int]:
+        layers = self.hparams["layers"]
+        if layers is None:
+            top = min(self.layout.num_layers - 1, auto_layer(self.layout.model_type, self.layout.num_layers) + 1)
+            return list(range(max(0, top - AUTO_WINDOW + 1), top + 1))
+        if not isinstance(layers, (list, tuple)) or not layers:
+            raise ConfigurationError(f"hparams 'layers' must be a non-empty list of layer indices, got {layers!r}")
+        for layer in layers:
+            self.layout.check_layer(layer, "layers")
+        if len(set(layers)) != len(layers):
+            raise ConfigurationError(f"hparams 'layers' lists a layer twice: {layers}")
+        return sorted(layers)
+
+    def validate_hparams(self) -> None:
+        super().validate_hparams()
+        if not self.hparams["mom2_weight"] > 0:
+            raise ConfigurationError(f"hparams 'mom2_weight' must be positive, got {self.hparams['mom2_weight']!r}")
+
+    def _factor(self, layer: int, mom2: torch.Tensor) -> torch.Tensor:
+        return regularised(mom2)  # MEMIT needs C itself: λC + KKᵀ changes with every edit
+
+    def _edit(self, request: EditRequest) -> None:
+        layers = self.edit_layers()
+        last = layers[-1]
+        stack = self.layout.module("layers")
+        batch = self._batch(request)
+        n = batch.n_rewrite
+        result = optimise_delta(self, batch, last)
+        delta = result.delta
+        with result.replay:  # nothing is edited yet: layers below `last` are still as recorded
+            h_start = run_until(self.model, stack, batch, last)[:n]
+            with DeltaAtSubject(self.layout.module("mlp_out", last), batch, lambda values: delta):
+                z = run_until(self.model, stack, batch, last)[:n]
+        below = LayerReplay(stack, layers[0])  # layers below the window never change
+        below.outputs = result.replay.outputs[: layers[0]]
+        shares = []
+        for i, layer in enumerate(layers):
+            with below, DeltaAtSubject(self.layout.module("mlp_out", layer), batch) as probe:
+                h = run_until(self.model, stack, batch, last)[:n]
+            keys, values = probe.keys[:n].double(), probe.values[:n]
+            change = (z - h) / (len(layers) - i)
+            targets = pre_norm_target(self.layout.optional_module("post_mlp_norm", layer), values, change)
+            residuals = (targets - values.float()).double()  # R: (n, d_out)
+            if not torch.isfinite(residuals).all():
+                raise EditFailedError(f"MEMIT: the target of layer {layer} is not finite")
+            cov = self._inverse_factors[layer]
+            system = self.hparams["mom2_weight"] * cov + keys.T.cpu() @ keys.cpu()
+            update = torch.linalg.solve(system, keys.T.cpu() @ residuals.cpu()).T  # ΔW = R K (λC + KᵀK)⁻¹
+            weight = self.layout.weight_out_in("mlp_out", layer)
+            self._check_update(layer, weight, update)
+            with torch.no_grad():
+                weight.add_(update.to(device=weight.device, dtype=weight.dtype))
+            shares.append(float(update.norm() / weight.float().norm()))
+        with below:
+            h_end = run_until(self.model, stack, batch, last)[:n]
+        gap = float((z - h_end).norm() / (z - h_start).norm().clamp(min=1e-12))
+        self.last_info = {"layers": layers, "nll": result.nll, "steps": result.steps,
+                          "delta_ratio": float(delta.norm() / result.values[0].float().norm()),
+                          "update_ratios": shares, "remaining_gap": gap}

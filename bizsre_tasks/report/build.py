@@ -1,0 +1,140 @@
+"""`bizsre report`: reads runs, writes report.md, the CSV tables, radar PNGs and (optionally) cases."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bizsre_tasks.errors import BizsreError
+from bizsre_tasks.report import cases as case_drill
+from bizsre_tasks.report import tables
+from bizsre_tasks.report.radar import MatplotlibMissing, write_radar
+from bizsre_tasks.report.reference import REFERENCE_PROTOCOL, load_reference
+from bizsre_tasks.report.results_reader import RunResult, load_runs
+
+CELL_NOTE = (
+    "Cells are `F1 / EM` in percent (one decimal), means over the cases of each run. Reliability is asked in the "
+    "edit language; locality is the agreement of the post-edit with the pre-edit answer. Cases = test cases per run."
+)
+GAP_NOTE = (
+    "Generality F1 in the edit language minus generality F1 in the other language, in points; positive values "
+    "mean the edit carries over less to the other language."
+)
+PAPER = 'Wang et al., "Cross-Lingual Knowledge Editing in Large Language Models", Tables 2 and 4'
+
+
+@dataclass
+class ReportOptions:
+    inputs: list[Path]
+    out: Path
+    reference: Path | None = None  # None: no comparison
+    reference_backbones: list[str] = field(default_factory=list)  # empty: all in the TSV
+    cases: bool = False
+    skip_incomplete: bool = False
+
+
+@dataclass
+class Report:
+    markdown: str  # everything in report.md
+    summary: str  # the Table 2 layout of each backbone, for the terminal
+    files: list[Path]
+    runs: list[RunResult]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
+
+
+def group_runs(runs: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault((run.backbone, run.protocol), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def _select_reference(options: ReportOptions) -> dict[str, list[RunResult]]:
+    if options.reference is None:
+        return {}
+    reference = load_reference(options.reference)
+    unknown = [name for name in options.reference_backbones if name not in reference]
+    if unknown:
+        raise BizsreError(f"backbone(s) {', '.join(unknown)} not in {options.reference}; it has: {', '.join(reference)}")
+    chosen = options.reference_backbones or list(reference)
+    return {name: reference[name] for name in chosen}
+
+
+def _display_path(path: Path, out: Path) -> str:
+    return os.path.relpath(path, out) if path.is_absolute() == out.is_absolute() else str(path)
+
+
+def build_report(options: ReportOptions, warn=print) -> Report:
+    runs = load_runs(options.inputs, skip_incomplete=options.skip_incomplete, warn=warn)
+    reference = _select_reference(options)
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    everything = runs + [r for refs in reference.values() for r in refs]
+    languages = tables.languages_of(everything)
+    directions = tables.gap_directions(everything)
+    groups = group_runs(runs)
+    files: list[Path] = []
+    md = ["# Bi-ZsRE results", "", f"From {len(runs)} lm-eval run(s) under {', '.join(map(str, options.inputs))}.", "", CELL_NOTE, ""]
+    table_csv, gap_csv, compare_csv, case_groups, case_md, summary = [], [], [], [], [], []
+    for (backbone, protocol), group in groups.items():
+        labels = {"Backbone": backbone, "Protocol": protocol}
+        title = f"{backbone}, protocol {protocol}"
+        main, gaps = tables.results_table(group, languages), tables.gap_table(group, reference, directions)
+        table_csv.append((labels, main))
+        gap_csv.append((labels, gaps))
+        radar = _radar(group, languages, title, out / f"radar_{slug(backbone)}_{protocol}.png", files, warn)
+        md += [f"## {title}", "", tables.to_markdown(main), radar, ""]
+        summary += [f"{title}:", tables.to_markdown(main)]
+        md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
+        for ref_backbone, refs in reference.items():
+            comparison = tables.comparison_table(group, refs, languages)
+            compare_csv.append(({**labels, "Paper backbone": ref_backbone}, comparison))
+            md += [f"### Ours beside the published numbers for {ref_backbone}", ""]
+            if protocol != REFERENCE_PROTOCOL:
+                md += [f"Note: the paper used protocol {REFERENCE_PROTOCOL}; these runs used {protocol}.", ""]
+            md.append(tables.to_markdown(comparison))
+        md += ["### Runs", "", "| Edit | Method | Cases | Results file |", "|---|---|---|---|"]
+        md += [f"| {r.edit_lang} | {tables.method_label(r.method)} | {r.cases or tables.MISSING} | {_display_path(r.path, out)} |" for r in tables.sort_runs(group)]
+        md.append("")
+        if options.cases:
+            text, items = case_drill.cases_markdown(title, group)
+            case_md.append(text)
+            case_groups.append(({"backbone": backbone, "protocol": protocol}, items))
+    if reference:
+        md += [f"## Published numbers ({PAPER})", "", "Teacher-forced decoding, as in the paper.", ""]
+        for ref_backbone, refs in reference.items():
+            radar = _radar(refs, languages, f"{ref_backbone} (published)", out / f"radar_paper_{slug(ref_backbone)}.png", files, warn)
+            md += [f"### {ref_backbone}", "", tables.to_markdown(tables.results_table(refs, languages)), radar, ""]
+    files += _write_tables(out, table_csv, gap_csv, compare_csv)
+    if options.cases:
+        path = out / "cases.md"
+        path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(case_md), encoding="utf-8")
+        case_drill.write_cases_csv(out / "cases.csv", case_groups)
+        files += [path, out / "cases.csv"]
+    report_md = out / "report.md"
+    report_md.write_text("\n".join(md), encoding="utf-8")
+    return Report("\n".join(md), "\n".join(summary), [report_md, *files], runs)
+
+
+def _radar(runs: list[RunResult], languages: list[str], title: str, path: Path, files: list[Path], warn) -> str:
+    """Writes one chart; returns its Markdown image line ('' when matplotlib is missing: the tables still come)."""
+    try:
+        files.append(write_radar(runs, languages, title, path))
+    except MatplotlibMissing as exc:
+        warn(f"warning: {exc}; no radar chart")
+        return ""
+    return f"![radar chart]({path.name})"
+
+
+def _write_tables(out: Path, table_csv, gap_csv, compare_csv) -> list[Path]:
+    written = []
+    for name, content in (("table2.csv", table_csv), ("gap.csv", gap_csv), ("comparison.csv", compare_csv)):
+        if content:
+            tables.write_csv(out / name, content)
+            written.append(out / name)
+    return written

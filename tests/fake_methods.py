@@ -1,0 +1,61 @@
+"""Editing methods used only by the tests: they count calls and change the model in known ways."""
+
+from __future__ import annotations
+
+import torch
+
+from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, WeightBackup, WeightEdit
+
+
+class CountingWeightEdit(EditingMethod):
+    """Adds noise to one MLP output weight; restores from a backup."""
+
+    name = "counting"
+    modifies_weights = True
+    default_hparams = {"layer": 0, "scale": 1.0, "fail_on_cases": []}
+    applied: list[str] = []
+
+    def validate_hparams(self) -> None:
+        self.layout.check_layer(self.hparams["layer"], "layer")
+
+    def apply(self, request):
+        type(self).applied.append(request.case_key)
+        weight = self.layout.weight_out_in("mlp_out", self.hparams["layer"])
+        backup = WeightBackup({"w": weight})
+        with torch.no_grad():
+            weight.add_(torch.randn_like(weight) * self.hparams["scale"])
+        if int(request.case_key.rsplit(":", 1)[-1]) in self.hparams["fail_on_cases"]:
+            with torch.no_grad():
+                weight.fill_(float("nan"))
+            backup.restore()
+            raise EditFailedError("injected failure")
+        return WeightEdit(backup)
+
+
+class LeakyWeightEdit(CountingWeightEdit):
+    """Forgets to restore: the wrapper's verification must catch it."""
+
+    name = "leaky"
+
+    def apply(self, request):
+        super().apply(request)
+        return AppliedEdit()
+
+
+class PromptPrefixEdit(EditingMethod):
+    """A weight-free method that prepends the new fact to every prompt."""
+
+    name = "prefix"
+    modifies_weights = False
+    default_hparams = {}
+    applied: list[str] = []
+
+    def apply(self, request):
+        type(self).applied.append(request.case_key)
+        fact = f"{request.prompt}{request.target_text}\n"
+
+        class _Prefixed(AppliedEdit):
+            def rewrite_prompt(self, prompt: str) -> str:
+                return fact + prompt
+
+        return _Prefixed()

@@ -1,0 +1,38 @@
+"""Run the harness in-process (importing lm_eval once per test session is much faster than a CLI)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bizsre_tasks.editing_wrapper  # noqa: F401  - registers edited-hf
+from bizsre_tasks.task_generation import BUNDLED_DIR
+
+
+def run_harness(
+    model_args: dict[str, Any],
+    tasks: list[str],
+    limit: int | None = 2,
+    model: str = "edited-hf",
+    include_path=BUNDLED_DIR,
+    max_gen_toks: int | None = 6,
+    **kwargs,
+):
+    """`max_gen_toks` is kept small by default: tiny random models never stop by themselves."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    task_manager = TaskManager(include_path=str(include_path), metadata=dict(model_args))
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=dict(model_args),
+        tasks=tasks,
+        limit=limit,
+        task_manager=task_manager,
+        log_samples=True,
+        gen_kwargs=f"max_gen_toks={max_gen_toks}" if max_gen_toks else None,
+        **kwargs,
+    )
+
+
+def metric(results: dict, task: str, name: str = "f1") -> float:
+    return results["results"][task][f"{name},none"]
