@@ -21,6 +21,11 @@ class CaseWork:
     edit: EditRequest
     pre_edit: list[int] = field(default_factory=list)  # request indices answered before the edit
     post_edit: list[int] = field(default_factory=list)  # request indices answered under the edit
+    occurrence: dict[int, int] = field(default_factory=dict)  # request index -> how often it was seen before
+
+    @property
+    def indices(self) -> list[int]:
+        return self.pre_edit + self.post_edit
 
     @property
     def case_number(self) -> int:
@@ -51,6 +56,7 @@ def plan_cases(requests: list[Any]) -> list[CaseWork]:
         occurrence_key = (_task_name(request), getattr(request, "doc_id", None), key)
         occurrence = seen[occurrence_key]
         seen[occurrence_key] += 1
+        work.occurrence[index] = occurrence
         if doc.get("split") == "locality" and occurrence == 0:
             work.pre_edit.append(index)
         else:

@@ -23,6 +23,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
+from bizsre_tasks import run_state
+from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingContext
@@ -33,6 +35,7 @@ from bizsre_tasks.task_docs import PROTOCOLS
 from bizsre_tasks.teacher_forcing import teacher_forced_answers
 
 logger = logging.getLogger(__name__)
+PACKAGE_VERSION = "0.1.0"
 
 # model_args that lm-eval also passes to tasks (metadata); the model accepts and ignores them.
 TASK_ONLY_ARGS = ("test_file",)
@@ -55,6 +58,17 @@ def model_checksum(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap identity for the weights (name, shape and a strided sample of every tensor)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 256)].float().cpu().numpy().tobytes()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(sample)
+    return digest.hexdigest()[:16]
+
+
 @register_model("edited-hf")
 class EditedHFLM(HFLM):
     def __init__(
@@ -69,13 +83,15 @@ class EditedHFLM(HFLM):
         checkpoint: str | None = None,
         train_file: str | None = None,
         cache_dir: str | None = None,
+        answer_store: str | None = None,
+        cross_case_batch: int = 32,
         **kwargs: Any,
     ) -> None:
         for key in list(kwargs):
             if key in TASK_ONLY_ARGS or key.startswith(TASK_ONLY_PREFIXES):
                 kwargs.pop(key)
         # Argument checks come before the (slow) model load.
-        method = str(method).lower()
+        method = str(method) if ":" in str(method) else str(method).lower()
         method_cls = method_class(method)
         if protocol not in PROTOCOLS:
             raise ConfigurationError(f"unknown protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
@@ -93,6 +109,8 @@ class EditedHFLM(HFLM):
         self.seed = int(seed)
         self.verify_restore = bool(verify_restore)
         self.edit_count = 0
+        self.answer_store_dir = answer_store
+        self.cross_case_batch = max(1, int(cross_case_batch))
         self.failed_edits: list[dict[str, str]] = []
         context = EditingContext(
             model=self.model,
@@ -105,6 +123,7 @@ class EditedHFLM(HFLM):
             checkpoint=checkpoint,
             seed=self.seed,
         )
+        self.weights_fingerprint = weights_fingerprint(self.model) if answer_store else ""
         self.editor = build_method(method, context, user_hparams, source=str(hparams or f"{method_cls.name} defaults"))
 
     # --- the harness's cache cannot tell edits apart ------------------------------------------
@@ -144,52 +163,96 @@ class EditedHFLM(HFLM):
         try:
             return self.editor.apply(case.edit)
         except EditFailedError as exc:
-            logger.warning("edit failed for case %s (%s); its answers come from the unedited model", case.case_key, exc)
-            self.failed_edits.append({"case_key": case.case_key, "reason": str(exc)})
+            self._record_failure(case, str(exc))
             return AppliedEdit()
+
+    def _record_failure(self, case: CaseWork, reason: str) -> None:
+        logger.warning("edit failed for case %s (%s); its answers come from the unedited model", case.case_key, reason)
+        self.failed_edits.append({"case_key": case.case_key, "reason": reason})
+        run_state.record_failure(case.case_key, reason)
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         cases = plan_cases(requests)
-        self.editor.ensure_prepared()
+        run_state.FAILED_EDITS.clear()  # the harness asks once per evaluation; older failures are not ours
         answers: list[str | None] = [None] * len(requests)
+        store = self._answer_store()
+        signatures: dict[int, str] = {}
+        if store is not None:
+            for case in cases:
+                signatures.update({i: request_signature(requests[i], case.occurrence[i]) for i in case.indices})
+        todo = []
+        for case in cases:
+            entry = store.finished(case.case_key, [signatures[i] for i in case.indices]) if store else None
+            if entry is None:
+                todo.append(case)
+                continue
+            self._store(answers, case.indices, [entry["answers"][signatures[i]] for i in case.indices])
+            if entry.get("failure"):
+                self._record_failure(case, entry["failure"])
+        if store is not None and len(todo) < len(cases):
+            logger.info("answer store %s: %d of %d cases already answered, resuming", store.path, len(cases) - len(todo), len(cases))
         progress = tqdm(
             total=len(cases),
+            initial=len(cases) - len(todo),
             desc=f"edited-hf {self.method_name} (edit_lang={self.edit_lang})",
             unit="case",
             disable=disable_tqdm or self.rank != 0,
         )
-        if self.editor.modifies_weights:
-            reference = model_checksum(self.model) if self.verify_restore else None
-            for case in cases:
-                self._store(answers, case.pre_edit, self._answer(requests, case.pre_edit, [AppliedEdit()] * len(case.pre_edit)))
-                applied = self._apply(case)
-                try:
-                    self._store(answers, case.post_edit, self._answer(requests, case.post_edit, [applied] * len(case.post_edit)))
-                finally:
-                    applied.restore()
-                if reference is not None and model_checksum(self.model) != reference:
-                    raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {case.case_key}")
-                progress.update(1)
-        else:
-            # Nothing to restore between cases: answer everything in a few large batches.
-            pre = [i for case in cases for i in case.pre_edit]
-            self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
-            applied = self._apply_all(cases)
-            post = [i for case in cases for i in case.post_edit]
-            edits = [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
-            self._store(answers, post, self._answer(requests, post, edits))
-            for edit in applied:
-                edit.restore()
-            progress.update(len(cases))
+        if todo:
+            self.editor.ensure_prepared()
+        # Weight methods go case by case; weight-free ones are batched across a chunk of cases.
+        chunk_size = 1 if self.editor.modifies_weights else self.cross_case_batch
+        reference = model_checksum(self.model) if self.verify_restore and self.editor.modifies_weights else None
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start : start + chunk_size]
+            self._answer_cases(requests, chunk, answers)
+            if reference is not None and model_checksum(self.model) != reference:
+                raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {chunk[-1].case_key}")
+            if store is not None:
+                for case in chunk:
+                    answered = {signatures[i]: answers[i] for i in case.indices}
+                    store.record(case.case_key, answered, run_state.FAILED_EDITS.get(case.case_key))
+            progress.update(len(chunk))
         progress.close()
         if self.failed_edits:
             logger.warning("%d edit(s) failed: %s", len(self.failed_edits), self.failed_edits)
         return [answer if answer is not None else "" for answer in answers]
 
+    def _answer_cases(self, requests: list, cases: list[CaseWork], answers: list) -> None:
+        """Pre-edit answers, edits, post-edit answers, restoration — for one case or a chunk of weight-free ones."""
+        pre = [i for case in cases for i in case.pre_edit]
+        self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+        if self.editor.modifies_weights:
+            applied = [self._apply(case) for case in cases]
+        else:
+            applied = self._apply_all(cases)
+        try:
+            post = [i for case in cases for i in case.post_edit]
+            edits = [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
+            self._store(answers, post, self._answer(requests, post, edits))
+        finally:
+            for edit in applied:
+                edit.restore()
+
     def _apply_all(self, cases: list[CaseWork]) -> list[AppliedEdit]:
         self.edit_count += len(cases)
         torch.manual_seed(self.seed)
         return self.editor.apply_batch([case.edit for case in cases])
+
+    def _answer_store(self) -> AnswerStore | None:
+        if not self.answer_store_dir:
+            return None
+        identity_parts = {
+            "model": self.weights_fingerprint,
+            "method": self.method_name,
+            "hparams": self.editor.hparams,
+            "checkpoint": self.editor.context.checkpoint,
+            "edit_lang": self.edit_lang,
+            "protocol": self.protocol,
+            "seed": self.seed,
+            "version": PACKAGE_VERSION,
+        }
+        return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank)
 
     @staticmethod
     def _store(answers: list, indices: list[int], values: list[str]) -> None:

@@ -27,7 +27,7 @@ from bizsre_tasks.task_generation import BUNDLED_DIR, BUNDLED_LANGUAGES, PER_LAN
 
 GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
-RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams")
+RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint")
 INCOMPLETE_DIR = ".incomplete"  # hidden, so `bizsre report` does not read set-aside runs
 
 
@@ -42,6 +42,7 @@ class SweepOptions:
     test_file: str | None = None
     train_files: dict[str, str] = field(default_factory=dict)  # edit language -> file
     hparams: dict[str, str] = field(default_factory=dict)  # method -> YAML
+    checkpoints: dict[str, str] = field(default_factory=dict)  # "<method>_<edit_lang>" -> folder (SERAC, MEND)
     extra_model_args: dict[str, str] = field(default_factory=dict)
     batch_size: str | None = None
     device: str | None = None
@@ -71,13 +72,13 @@ def parse_key_values(text: str | None, what: str) -> dict[str, str]:
     return pairs
 
 
-def _check_value(value: str, what: str) -> str:
+def _check_value(value: str, what: str) -> None:
     if "," in value:
         raise ConfigurationError(f"{what} '{value}' contains a comma, which lm_eval's --model_args cannot carry")
-    return value
 
 
 def validate(options: SweepOptions) -> None:
+    """Every option checked before the first run starts, not hours later when its run comes up."""
     from bizsre_tasks.editing.registry import METHODS
 
     if not options.methods or not options.edit_langs:
@@ -85,7 +86,6 @@ def validate(options: SweepOptions) -> None:
     for method in options.methods:
         if method not in METHODS:
             raise ConfigurationError(f"unknown method '{method}'; choose from: {', '.join(METHODS)}")
-        # Checked here, not hours later when its run starts.
         if importlib.util.find_spec(METHODS[method].split(":")[0]) is None:
             raise ConfigurationError(f"method '{method}' is not available in this version of bizsre-tasks")
     for lang in options.edit_langs:
@@ -96,15 +96,27 @@ def validate(options: SweepOptions) -> None:
     clash = sorted(set(options.extra_model_args) & set(RESERVED_ARGS))
     if clash:
         raise ConfigurationError(f"--extra-model-args may not set {', '.join(clash)}; the sweep sets those (use its own options)")
+    _validate_files(options)
+
+
+def _validate_files(options: SweepOptions) -> None:
     unknown = sorted(set(options.hparams) - set(options.methods))
     if unknown:
         raise ConfigurationError(f"--hparams names method(s) not in --methods: {', '.join(unknown)}")
-    for key, path in [("test file", options.test_file), *((f"train file ({k})", v) for k, v in options.train_files.items()),
-                      *((f"hparams ({k})", v) for k, v in options.hparams.items())]:
+    runs = {run.name for run in plan_runs(options)}
+    unknown = sorted(set(options.checkpoints) - runs)
+    if unknown:
+        raise ConfigurationError(f"--checkpoint names run(s) not in this sweep: {', '.join(unknown)}; runs are {', '.join(sorted(runs))}")
+    if options.pretrained:
+        _check_value(options.pretrained, "pretrained")
+    paths = [("test file", options.test_file), *((f"train file ({k})", v) for k, v in options.train_files.items()),
+             *((f"hparams ({k})", v) for k, v in options.hparams.items()),
+             *((f"checkpoint ({k})", v) for k, v in options.checkpoints.items())]
+    for what, path in paths:
         if path is not None:
-            _check_value(path, key)
-            if not Path(path).expanduser().is_file():
-                raise ConfigurationError(f"{key} {path} not found")
+            _check_value(path, what)
+            if not Path(path).expanduser().exists():
+                raise ConfigurationError(f"{what} {path} not found")
 
 
 def plan_runs(options: SweepOptions) -> list[PlannedRun]:
@@ -124,6 +136,8 @@ def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
         args["train_file"] = str(Path(options.train_files[run.edit_lang]).expanduser().resolve())
     if run.method in options.hparams:
         args["hparams"] = str(Path(options.hparams[run.method]).expanduser().resolve())
+    if run.name in options.checkpoints:
+        args["checkpoint"] = str(Path(options.checkpoints[run.name]).expanduser().resolve())
     args.update(options.extra_model_args)
     return args
 
@@ -235,6 +249,8 @@ def run_sweep(options: SweepOptions, runner: Runner | None = None, show_progress
     runner = runner or run_logged
     outcome = SweepOutcome()
     pending = pending_runs(options, outcome)
+    if pending and "test_file" not in model_args(pending[0], options):
+        echo(f"note: no --test-file and no ${TEST_FILE_ENV}: the runs use the bundled demo sample")
     for run in outcome.skipped:
         echo(f"skip {run.name}: finished results in {run.folder}")
     desc = f"sweep ({len(outcome.skipped)} already done)" if outcome.skipped else "sweep"

@@ -17,7 +17,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from bizsre_tasks import data_loading, metrics, prompts
+from bizsre_tasks import data_loading, metrics, prompts, run_state
 
 SPLITS = ("reliability", "generality", "locality", "portability")
 DEFAULT_EDIT_LANG = "en"
@@ -136,4 +136,6 @@ def process_results(doc: dict[str, Any], results: list) -> dict[str, float]:
         return {"f1": f1, "em": em, "gold_f1": gold_f1, "gold_em": gold_em}
     answer = answers if isinstance(answers, str) else answers[0]
     f1, em = score(answer, doc["target"], doc)
+    if doc["split"] == "reliability":
+        return {"f1": f1, "em": em, "edit_failed": float(run_state.edit_failed(doc["case_key"]))}
     return {"f1": f1, "em": em}

@@ -61,6 +61,8 @@ def task_config(split: str, lang: str | None, bound_file: str | None = None) -> 
         "metric_list": [_metric("f1"), _metric("em")],
         "metadata": metadata,
     }
+    if split == "reliability":
+        config["metric_list"].append({"metric": "edit_failed", "aggregation": "mean", "higher_is_better": False})
     if split == "locality":
         # Two answers per document: unedited model first, edited model second.
         config["repeats"] = 2

@@ -59,3 +59,18 @@ class PromptPrefixEdit(EditingMethod):
                 return fact + prompt
 
         return _Prefixed()
+
+
+class SlowLoggedEdit(CountingWeightEdit):
+    """Sleeps per edit and logs each edited case to a file: lets a test kill a run mid-way."""
+
+    name = "slow-logged"
+    default_hparams = {**CountingWeightEdit.default_hparams, "log_file": "", "sleep": 0.3}
+
+    def apply(self, request):
+        import time
+
+        time.sleep(self.hparams["sleep"])
+        with open(self.hparams["log_file"], "a") as handle:
+            handle.write(request.case_key + "\n")
+        return super().apply(request)

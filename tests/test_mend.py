@@ -182,7 +182,7 @@ def test_chinese_pairs_with_aligned_english(tiny_gemma, train_files, tmp_path):
 
 def test_gpt2_conv1d_train_and_edit(tiny_gpt2, train_files, tmp_path):
     out = mend_training.train(_args(tiny_gpt2, train_files["flat"], tmp_path / "gpt2", steps=2))
-    method = _method(tiny_gpt2, out)
+    method = _method(tiny_gpt2, out, hparams={"max_update_ratio": 1e6})
     before = _state(method.model)
     applied = method.apply(EditRequest(prompt="Question: Who wrote it?\nAnswer:", target="Ana", subject="it", lang="en"))
     assert any(not torch.equal(before[n], t) for n, t in method.model.state_dict().items())

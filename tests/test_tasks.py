@@ -121,7 +121,7 @@ def test_default_model_baseline_on_shared_cases(shared_test_file, monkeypatch):
     from bizsre_tasks.default_model import ensure_default_model
 
     monkeypatch.setenv("BIZSRE_TEST_FILE", str(shared_test_file))
-    results = run_harness({"pretrained": str(ensure_default_model()), "device": "cpu"}, ["bizsre"], limit=3, model="hf")
+    results = run_harness({"pretrained": str(ensure_default_model()), "device": "cpu"}, ["bizsre"], limit=3, model="hf", max_gen_toks=None)
     assert metric(results, "bizsre_locality_en") == 1.0
     samples = results["samples"]["bizsre_reliability"]
     assert len(samples) == 3 and all(isinstance(s["resps"][0][0], str) for s in samples)

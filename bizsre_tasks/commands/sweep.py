@@ -22,22 +22,31 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-file-en", help="training file for runs editing in English (IKE demonstrations, SERAC/MEND)")
     parser.add_argument("--train-file-zh", help="training file for runs editing in Chinese")
     parser.add_argument("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hyperparameter file for one method (repeatable)")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD_LANG=DIR",
+                        help="trained checkpoint for one run, e.g. mend_en=DIR or serac_zh=DIR (repeatable)")
     parser.add_argument("--extra-model-args", help="more edited-hf model_args for every run, k=v,k=v (e.g. seed=1,verify_restore=true)")
     parser.add_argument("--batch-size", help="lm_eval --batch_size")
     parser.add_argument("--device", help="lm_eval --device (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
 
 
-def run(args: argparse.Namespace) -> int:
+def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
     from bizsre_tasks.errors import ConfigurationError
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ConfigurationError(f"{option} expects {form}, got '{item}'")
+        pairs[key.strip().lower()] = value.strip()
+    return pairs
+
+
+def run(args: argparse.Namespace) -> int:
     from bizsre_tasks.sweep import SweepOptions, parse_key_values, run_sweep
 
-    hparams = {}
-    for item in args.hparams:
-        method, sep, path = item.partition("=")
-        if not sep or not path:
-            raise ConfigurationError(f"--hparams expects METHOD=YAML, got '{item}'")
-        hparams[method.strip().lower()] = path.strip()
+    hparams = _pairs(args.hparams, "--hparams", "METHOD=YAML")
+    checkpoints = _pairs(args.checkpoint, "--checkpoint", "METHOD_LANG=DIR")
     train_files = {lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path}
     options = SweepOptions(
         output=Path(args.output),
@@ -49,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         test_file=args.test_file,
         train_files=train_files,
         hparams=hparams,
+        checkpoints=checkpoints,
         extra_model_args=parse_key_values(args.extra_model_args, "--extra-model-args"),
         batch_size=args.batch_size,
         device=args.device,

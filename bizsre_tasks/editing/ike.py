@@ -67,8 +67,8 @@ class InContextEditing(EditingMethod):
     default_hparams = {
         "k": 8,  # demonstrations per edit
         "ratio": [1.0, 3.0, 4.0],  # copy : update : retain (the paper's 1:3:4)
-        "encoder": "base",  # base (model's own hidden states, multilingual) or minilm
-        "encoder_layer": -1,  # for encoder=base: hidden states after this many layers; -1 = middle
+        "encoder": "base",  # the model's own hidden states (see encoders.py)
+        "encoder_layer": 0,  # hidden states after this many layers: 0 = input embeddings (no forward pass)
         "encode_batch_size": 32,
         "train_file": "",  # demonstration pool, used when model_args/env give none
         "pool_size": 0,  # use only the first N training records (0 = all)

@@ -26,8 +26,8 @@ from bizsre_tasks.editing.base import EditFailedError, EditRequest
 from bizsre_tasks.editing.rome import (
     SHARED_HPARAMS,
     DeltaAtSubject,
+    EditBatch,
     KeyValueEditor,
-    LayerReplay,
     _first,
     auto_layer,
     optimise_delta,
@@ -43,20 +43,19 @@ class _Stop(Exception):
     pass
 
 
-def run_until(model, layers: torch.nn.ModuleList, batch, last: int, probes=()) -> torch.Tensor:
+def run_until(model, layers: torch.nn.ModuleList, batch: EditBatch, last: int) -> torch.Tensor:
     """Forward up to and including layer `last` (nothing above it, no LM head); returns that layer's
-    output hidden state at each row's subject position."""
-    rows = torch.arange(batch.input_ids.shape[0], device=batch.input_ids.device)
+    output hidden state at the subject column of every row."""
     captured: dict[str, torch.Tensor] = {}
 
     def hook(module, args, output):
-        captured["h"] = _first(output)[rows, batch.subject_positions].detach()
+        captured["h"] = _first(output)[:, batch.split].detach()
         raise _Stop
 
     handle = layers[last].register_forward_hook(hook)
     try:
         with torch.no_grad():
-            model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            batch.forward(model)
     except _Stop:
         pass
     finally:
@@ -123,15 +122,12 @@ class Memit(KeyValueEditor):
         n = batch.n_rewrite
         result = optimise_delta(self, batch, last)
         delta = result.delta
-        with result.replay:  # nothing is edited yet: layers below `last` are still as recorded
-            h_start = run_until(self.model, stack, batch, last)[:n]
-            with DeltaAtSubject(self.layout.module("mlp_out", last), batch, lambda values: delta):
-                z = run_until(self.model, stack, batch, last)[:n]
-        below = LayerReplay(stack, layers[0])  # layers below the window never change
-        below.outputs = result.replay.outputs[: layers[0]]
+        h_start = run_until(self.model, stack, batch, last)[:n]
+        with DeltaAtSubject(self.layout.module("mlp_out", last), batch.split, lambda values: delta):
+            z = run_until(self.model, stack, batch, last)[:n]
         shares = []
         for i, layer in enumerate(layers):
-            with below, DeltaAtSubject(self.layout.module("mlp_out", layer), batch) as probe:
+            with DeltaAtSubject(self.layout.module("mlp_out", layer), batch.split) as probe:
                 h = run_until(self.model, stack, batch, last)[:n]
             keys, values = probe.keys[:n].double(), probe.values[:n]
             change = (z - h) / (len(layers) - i)
@@ -147,8 +143,7 @@ class Memit(KeyValueEditor):
             with torch.no_grad():
                 weight.add_(update.to(device=weight.device, dtype=weight.dtype))
             shares.append(float(update.norm() / weight.float().norm()))
-        with below:
-            h_end = run_until(self.model, stack, batch, last)[:n]
+        h_end = run_until(self.model, stack, batch, last)[:n]
         gap = float((z - h_end).norm() / (z - h_start).norm().clamp(min=1e-12))
         self.last_info = {"layers": layers, "nll": result.nll, "steps": result.steps,
                           "delta_ratio": float(delta.norm() / result.values[0].float().norm()),

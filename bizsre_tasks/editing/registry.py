@@ -31,16 +31,20 @@ SHARED_KEYS = ("layout",)
 
 
 def method_class(name: str) -> type[EditingMethod]:
-    if name not in METHODS:
-        raise ConfigurationError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
-    module_name, class_name = METHODS[name].split(":")
+    """A built-in method by name, or a user's own class given as `package.module:ClassName`."""
+    if name not in METHODS and ":" not in name:
+        raise ConfigurationError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)} (or package.module:ClassName)")
+    module_name, class_name = METHODS.get(name, name).split(":", 1)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name == module_name:
             raise ConfigurationError(f"method '{name}' is not available in this version of bizsre-tasks") from None
         raise
-    return getattr(module, class_name)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, EditingMethod)):
+        raise ConfigurationError(f"method '{name}': {module_name}.{class_name} is not an EditingMethod subclass")
+    return cls
 
 
 def read_hparams_file(path: str | Path | None) -> dict[str, Any]:

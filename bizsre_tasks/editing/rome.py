@@ -24,6 +24,7 @@ the statistics loading.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass
@@ -78,29 +79,47 @@ def auto_layer(model_type: str, num_layers: int) -> int:
 # --- the edit batch -------------------------------------------------------------------------------
 @dataclass
 class EditBatch:
-    """Rewrite rows (context prefix + prompt + target) followed by KL rows (neutral prompt), right padded."""
+    """Rewrite rows (context prefix + prompt + target) followed by KL rows (neutral prompt).
 
-    input_ids: torch.Tensor  # (B, S)
-    attention_mask: torch.Tensor  # (B, S)
-    subject_positions: torch.Tensor  # (B,) subject's last token in every row
+    Rows are left padded so that every row's subject token sits in column `split`: the columns
+    before it do not depend on δ, so the optimisation computes them once (a key/value cache) and
+    each step runs only columns `split`.. . Explicit position ids keep the padding invisible.
+    """
+
+    input_ids: torch.Tensor  # (B, W)
+    attention_mask: torch.Tensor  # (B, W)
+    position_ids: torch.Tensor  # (B, W)
+    split: int  # column of every row's subject (last) token
     n_rewrite: int
     target_ids: torch.Tensor  # (n_rewrite, T), -100 padded
-    target_positions: torch.Tensor  # (n_rewrite, T) logit index predicting each target token
-    kl_positions: torch.Tensor  # (B - n_rewrite,) last prompt token of each KL row
+    target_positions: torch.Tensor  # (n_rewrite, T) column whose logits predict each target token
+    kl_positions: torch.Tensor  # (B - n_rewrite,) column of the last token of each KL row
 
     @property
     def target_mask(self) -> torch.Tensor:
         return self.target_ids != -100
 
-    def subject_mask(self, dtype) -> torch.Tensor:
-        """(B, S, 1): 1 at each row's subject position; multiplies δ into the layer output."""
-        mask = torch.zeros(self.input_ids.shape, dtype=dtype, device=self.input_ids.device)
-        mask[torch.arange(mask.shape[0]), self.subject_positions] = 1
-        return mask.unsqueeze(-1)
+    def forward(self, model, start: int = 0, past_key_values=None, use_cache: bool = False):
+        """The transformer body on columns start.. (the earlier ones come from `past_key_values`)."""
+        return model.base_model(
+            input_ids=self.input_ids[:, start:], attention_mask=self.attention_mask,
+            position_ids=self.position_ids[:, start:], past_key_values=past_key_values, use_cache=use_cache,
+        )
+
+    def prefix_cache(self, model):
+        """Key/value cache of the columns before `split` (None if the model returns none)."""
+        if self.split == 0:
+            return None
+        with torch.no_grad():
+            outputs = model.base_model(
+                input_ids=self.input_ids[:, : self.split], attention_mask=self.attention_mask[:, : self.split],
+                position_ids=self.position_ids[:, : self.split], use_cache=True,
+            )
+        return getattr(outputs, "past_key_values", None)
 
 
 def build_edit_batch(tokenizer, request: EditRequest, prefixes: list[str], kl_prompt: str, device) -> EditBatch:
-    rows, subjects, targets, target_starts, kl_positions = [], [], [], [], []
+    rows, subjects, target_starts = [], [], []
     target = encode_target(tokenizer, request.target_text)
     if not target:
         raise EditFailedError(f"target {request.target_text!r} tokenises to nothing")
@@ -109,28 +128,31 @@ def build_edit_batch(tokenizer, request: EditRequest, prefixes: list[str], kl_pr
         prompt_ids = encode_prompt(tokenizer, prompt)
         rows.append(prompt_ids + target)
         subjects.append(find_subject_last_token(tokenizer, prompt, request.subject))
-        targets.append(target)
         target_starts.append(len(prompt_ids) - 1)
     n_rewrite = len(rows)
+    kl_ends = []
     if kl_prompt:
         text = kl_prompt.format(subject=request.subject)
         ids = encode_prompt(tokenizer, text)
         rows.append(ids)
         subjects.append(find_subject_last_token(tokenizer, text, request.subject))
-        kl_positions.append(len(ids) - 1)
+        kl_ends.append(len(ids) - 1)
+    split = max(subjects)
+    pads = [split - s for s in subjects]
+    width = max(pad + len(row) for pad, row in zip(pads, rows))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, row in enumerate(rows):
-        input_ids[b, : len(row)] = torch.tensor(row)
-        attention_mask[b, : len(row)] = 1
-    t = len(target)
-    target_ids = torch.tensor(targets, dtype=torch.long)
-    positions = torch.tensor([[start + i for i in range(t)] for start in target_starts], dtype=torch.long)
+    for b, (pad, row) in enumerate(zip(pads, rows)):
+        input_ids[b, pad : pad + len(row)] = torch.tensor(row)
+        attention_mask[b, pad : pad + len(row)] = 1
+    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    target_ids = torch.tensor([target] * n_rewrite, dtype=torch.long)
+    positions = torch.tensor([[pads[b] + start + i for i in range(len(target))] for b, start in enumerate(target_starts)])
+    kl_positions = torch.tensor([pads[n_rewrite + i] + end for i, end in enumerate(kl_ends)], dtype=torch.long)
     return EditBatch(
-        input_ids.to(device), attention_mask.to(device), torch.tensor(subjects, device=device), n_rewrite,
-        target_ids.to(device), positions.to(device), torch.tensor(kl_positions, dtype=torch.long, device=device),
+        input_ids.to(device), attention_mask.to(device), position_ids.to(device), split, n_rewrite,
+        target_ids.to(device), positions.to(device), kl_positions.to(device),
     )
 
 
@@ -139,10 +161,14 @@ def _first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def _hidden(outputs) -> torch.Tensor:
+    return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+
+
 class LayerReplay:
     """Run the layers below `upto` once, then replay their recorded outputs.
 
-    While δ is optimised the input ids never change and δ only acts from layer `upto` on, so the
+    While δ is optimised the input never changes and δ only acts from layer `upto` on, so the
     layers below compute the same thing every step. `record()` captures their outputs during one
     forward; inside `with replay:` those layers return the recordings without computing anything.
     """
@@ -185,28 +211,27 @@ class LayerReplay:
 
 class DeltaAtSubject:
     """Forward hooks on `mlp_out` of one layer: record its input (the key) and output (the value) at
-    the subject positions and add δ to the output there."""
+    column `column` of every row and add δ = make_delta(values) to the output there."""
 
-    def __init__(self, module: torch.nn.Module, batch: EditBatch, make_delta=None):
+    def __init__(self, module: torch.nn.Module, column: int, make_delta=None):
         self.module = module
-        self.batch = batch
-        self.make_delta = make_delta  # values at the subject positions -> δ (None: add nothing)
+        self.column = column
+        self.make_delta = make_delta  # values at the subject column -> δ (None: add nothing)
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
         self._handles: list = []
 
     def __enter__(self):
-        rows = torch.arange(self.batch.input_ids.shape[0], device=self.batch.input_ids.device)
-
         def pre_hook(module, args):
-            self.keys = args[0][rows, self.batch.subject_positions].detach()
+            self.keys = args[0][:, self.column].detach()
 
         def hook(module, args, output):
-            self.values = output[rows, self.batch.subject_positions].detach()
+            self.values = output[:, self.column].detach()
             if self.make_delta is None:
                 return None
-            delta = self.make_delta(self.values)
-            return output + self.batch.subject_mask(output.dtype) * delta.to(output.dtype)
+            mask = torch.zeros(output.shape[1], 1, dtype=output.dtype, device=output.device)
+            mask[self.column] = 1
+            return output + mask * self.make_delta(self.values).to(output.dtype)
 
         self._handles = [self.module.register_forward_pre_hook(pre_hook), self.module.register_forward_hook(hook)]
         return self
@@ -217,24 +242,20 @@ class DeltaAtSubject:
         return False
 
 
-def _target_and_kl_logprobs(model, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log-softmax at the target positions (n_rewrite, T, V) and at the KL positions (n_kl, V)."""
-    outputs = model.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-    hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
+def _target_and_kl_logprobs(model, batch: EditBatch, hidden: torch.Tensor, offset: int):
+    """log-softmax at the target positions (n_rewrite, T, V) and the KL positions (n_kl, V);
+    `hidden` holds columns offset.. of the batch."""
     rewrite = hidden[: batch.n_rewrite]
-    index = batch.target_positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    picked = [rewrite.gather(1, index)]
+    index = (batch.target_positions - offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    picked = [rewrite.gather(1, index).reshape(-1, hidden.shape[-1])]
     n_kl = hidden.shape[0] - batch.n_rewrite
     if n_kl:
         kl_rows = torch.arange(batch.n_rewrite, hidden.shape[0], device=hidden.device)
-        picked.append(hidden[kl_rows, batch.kl_positions].unsqueeze(1))
-    # One head call for all positions: the 262k-row head is the expensive part.
-    flat = torch.cat([p.reshape(-1, hidden.shape[-1]) for p in picked])
-    log_probs = torch.log_softmax(head_logits(model, flat).float(), dim=-1)
+        picked.append(hidden[kl_rows, batch.kl_positions - offset])
+    # One head call for all positions: with a 262k vocabulary the head costs as much as the body.
+    log_probs = torch.log_softmax(head_logits(model, torch.cat(picked)).float(), dim=-1)
     n_target = batch.target_positions.numel()
-    target_lp = log_probs[:n_target].view(*batch.target_positions.shape, -1)
-    kl_lp = log_probs[n_target:] if n_kl else None
-    return target_lp, kl_lp
+    return log_probs[:n_target].view(*batch.target_positions.shape, -1), (log_probs[n_target:] if n_kl else None)
 
 
 @dataclass
@@ -244,7 +265,6 @@ class DeltaResult:
     values: torch.Tensor  # (B, d_out) original outputs of every row
     nll: float
     steps: int
-    replay: LayerReplay
 
 
 def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> DeltaResult:
@@ -265,22 +285,28 @@ def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> Delta
             state["theta"] = torch.zeros_like(v, requires_grad=True)
         return state["scale"] * state["theta"]
 
+    # The columns before the subject, once: δ cannot reach them. Without a cache, every step runs all columns.
+    prefix_cache = batch.prefix_cache(model)
+    start = batch.split if prefix_cache is not None else 0
     nll_value, steps, original_kl, optimiser = math.inf, 0, None, None
-    with DeltaAtSubject(layout.module("mlp_out", layer), batch, make_delta) as probe, torch.enable_grad():
+    with DeltaAtSubject(layout.module("mlp_out", layer), batch.split - start, make_delta) as probe, torch.enable_grad():
         replay.record()
         for step in range(hp["steps"] + 1):
+            cache = copy.deepcopy(prefix_cache)  # each forward appends to the cache it is given
             if step == 0:
                 # The first forward runs every layer and records what later steps replay.
-                target_lp, kl_lp = _target_and_kl_logprobs(model, batch)
+                outputs = batch.forward(model, start, cache, use_cache=cache is not None)
                 replay.stop_recording()
-                original_kl = kl_lp.detach() if kl_lp is not None else None
-                optimiser = torch.optim.Adam([state["theta"]], lr=hp["lr"])
             else:
                 with replay:
-                    target_lp, kl_lp = _target_and_kl_logprobs(model, batch)
+                    outputs = batch.forward(model, start, cache, use_cache=cache is not None)
+            target_lp, kl_lp = _target_and_kl_logprobs(model, batch, _hidden(outputs), start)
+            if step == 0:
+                original_kl = kl_lp.detach() if kl_lp is not None else None
+                optimiser = torch.optim.Adam([state["theta"]], lr=hp["lr"])
             picked = target_lp.gather(-1, batch.target_ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             nll = (-(picked * mask).sum(1) / mask.sum(1)).mean()
-            nll_value = float(nll)
+            nll_value = float(nll.detach())
             if not math.isfinite(nll_value):
                 raise EditFailedError(f"target NLL became {nll_value} while optimising the edit at layer {layer}")
             if nll_value < hp["nll_stop"] or step == hp["steps"]:
@@ -302,7 +328,7 @@ def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> Delta
     delta = (state["scale"] * state["theta"]).detach()
     if not torch.isfinite(delta).all():
         raise EditFailedError(f"the optimised value change at layer {layer} is not finite")
-    return DeltaResult(delta, probe.keys, probe.values, nll_value, steps, replay)
+    return DeltaResult(delta, probe.keys, probe.values, nll_value, steps)
 
 
 # --- shared method plumbing -----------------------------------------------------------------------

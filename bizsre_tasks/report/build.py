@@ -69,56 +69,73 @@ def _display_path(path: Path, out: Path) -> str:
     return os.path.relpath(path, out) if path.is_absolute() == out.is_absolute() else str(path)
 
 
+@dataclass
+class _Parts:
+    """What the backbone sections add up to, besides report.md."""
+
+    files: list[Path] = field(default_factory=list)
+    table_csv: list = field(default_factory=list)
+    gap_csv: list = field(default_factory=list)
+    compare_csv: list = field(default_factory=list)
+    summary: list[str] = field(default_factory=list)
+    case_md: list[str] = field(default_factory=list)
+    case_groups: list = field(default_factory=list)
+
+
 def build_report(options: ReportOptions, warn=print) -> Report:
     runs = load_runs(options.inputs, skip_incomplete=options.skip_incomplete, warn=warn)
     reference = _select_reference(options)
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     everything = runs + [r for refs in reference.values() for r in refs]
-    languages = tables.languages_of(everything)
-    directions = tables.gap_directions(everything)
-    groups = group_runs(runs)
-    files: list[Path] = []
+    # Shared by every section, so the CSV rows of all backbones have the same columns.
+    languages, directions = tables.languages_of(everything), tables.gap_directions(everything)
+    parts = _Parts()
     md = ["# Bi-ZsRE results", "", f"From {len(runs)} lm-eval run(s) under {', '.join(map(str, options.inputs))}.", "", CELL_NOTE, ""]
-    table_csv, gap_csv, compare_csv, case_groups, case_md, summary = [], [], [], [], [], []
-    for (backbone, protocol), group in groups.items():
-        labels = {"Backbone": backbone, "Protocol": protocol}
-        title = f"{backbone}, protocol {protocol}"
-        main, gaps = tables.results_table(group, languages), tables.gap_table(group, reference, directions)
-        table_csv.append((labels, main))
-        gap_csv.append((labels, gaps))
-        radar = _radar(group, languages, title, out / f"radar_{slug(backbone)}_{protocol}.png", files, warn)
-        md += [f"## {title}", "", tables.to_markdown(main), radar, ""]
-        summary += [f"{title}:", tables.to_markdown(main)]
-        md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
-        for ref_backbone, refs in reference.items():
-            comparison = tables.comparison_table(group, refs, languages)
-            compare_csv.append(({**labels, "Paper backbone": ref_backbone}, comparison))
-            md += [f"### Ours beside the published numbers for {ref_backbone}", ""]
-            if protocol != REFERENCE_PROTOCOL:
-                md += [f"Note: the paper used protocol {REFERENCE_PROTOCOL}; these runs used {protocol}.", ""]
-            md.append(tables.to_markdown(comparison))
-        md += ["### Runs", "", "| Edit | Method | Cases | Results file |", "|---|---|---|---|"]
-        md += [f"| {r.edit_lang} | {tables.method_label(r.method)} | {r.cases or tables.MISSING} | {_display_path(r.path, out)} |" for r in tables.sort_runs(group)]
-        md.append("")
-        if options.cases:
-            text, items = case_drill.cases_markdown(title, group)
-            case_md.append(text)
-            case_groups.append(({"backbone": backbone, "protocol": protocol}, items))
+    for (backbone, protocol), group in group_runs(runs).items():
+        md += _backbone_section(backbone, protocol, group, reference, languages, directions, options, parts, warn)
     if reference:
         md += [f"## Published numbers ({PAPER})", "", "Teacher-forced decoding, as in the paper.", ""]
         for ref_backbone, refs in reference.items():
-            radar = _radar(refs, languages, f"{ref_backbone} (published)", out / f"radar_paper_{slug(ref_backbone)}.png", files, warn)
+            radar = _radar(refs, languages, f"{ref_backbone} (published)", out / f"radar_paper_{slug(ref_backbone)}.png", parts.files, warn)
             md += [f"### {ref_backbone}", "", tables.to_markdown(tables.results_table(refs, languages)), radar, ""]
-    files += _write_tables(out, table_csv, gap_csv, compare_csv)
+    parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv)
     if options.cases:
         path = out / "cases.md"
-        path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(case_md), encoding="utf-8")
-        case_drill.write_cases_csv(out / "cases.csv", case_groups)
-        files += [path, out / "cases.csv"]
+        path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(parts.case_md), encoding="utf-8")
+        case_drill.write_cases_csv(out / "cases.csv", parts.case_groups)
+        parts.files += [path, out / "cases.csv"]
     report_md = out / "report.md"
     report_md.write_text("\n".join(md), encoding="utf-8")
-    return Report("\n".join(md), "\n".join(summary), [report_md, *files], runs)
+    return Report("\n".join(md), "\n".join(parts.summary), [report_md, *parts.files], runs)
+
+
+def _backbone_section(backbone, protocol, group, reference, languages, directions, options, parts: _Parts, warn) -> list[str]:
+    labels = {"Backbone": backbone, "Protocol": protocol}
+    title = f"{backbone}, protocol {protocol}"
+    main, gaps = tables.results_table(group, languages), tables.gap_table(group, reference, directions)
+    parts.table_csv.append((labels, main))
+    parts.gap_csv.append((labels, gaps))
+    parts.summary += [f"{title}:", tables.to_markdown(main)]
+    radar = _radar(group, languages, title, options.out / f"radar_{slug(backbone)}_{protocol}.png", parts.files, warn)
+    md = [f"## {title}", "", tables.to_markdown(main), radar, ""]
+    md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
+    for ref_backbone, refs in reference.items():
+        comparison = tables.comparison_table(group, refs, languages)
+        parts.compare_csv.append(({**labels, "Paper backbone": ref_backbone}, comparison))
+        md += [f"### Ours beside the published numbers for {ref_backbone}", ""]
+        if protocol != REFERENCE_PROTOCOL:
+            md += [f"Note: the paper used protocol {REFERENCE_PROTOCOL}; these runs used {protocol}.", ""]
+        md.append(tables.to_markdown(comparison))
+    md += ["### Runs", "", "| Edit | Method | Cases | Results file |", "|---|---|---|---|"]
+    md += [f"| {r.edit_lang} | {tables.method_label(r.method)} | {r.cases or tables.MISSING} | {_display_path(r.path, options.out)} |"
+           for r in tables.sort_runs(group)]
+    md.append("")
+    if options.cases:
+        text, items = case_drill.cases_markdown(title, group)
+        parts.case_md.append(text)
+        parts.case_groups.append(({"backbone": backbone, "protocol": protocol}, items))
+    return md
 
 
 def _radar(runs: list[RunResult], languages: list[str], title: str, path: Path, files: list[Path], warn) -> str:

@@ -110,10 +110,23 @@ def _layers(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--layers expects comma-separated layer indices, got {text!r}") from None
 
 
+class _TolerantGroup:
+    """add_argument that skips flags the parser already has, so callers may define shared ones first."""
+
+    def __init__(self, parser: argparse.ArgumentParser, group):
+        self.parser, self.group = parser, group
+
+    def add_argument(self, *flags, **kwargs):
+        if any(flag in self.parser._option_string_actions for flag in flags):
+            return None
+        return self.group.add_argument(*flags, **kwargs)
+
+
 def configure_mend_arguments(parser: argparse.ArgumentParser) -> None:
     """MEND-specific options (the common ones - pretrained, edit-lang, train-size, out, train-file,
-    seed - are added by the caller, or by `build_parser`)."""
-    group = parser.add_argument_group("MEND")
+    seed - are added by the caller, or by `build_parser`). Options the caller already defines (for
+    example --steps or --epochs shared with SERAC) are left to the caller's definition."""
+    group = _TolerantGroup(parser, parser.add_argument_group("MEND"))
     group.add_argument("--layers", type=_layers, default=None, help="edited layers (mlp_out), e.g. 15,16,17 (default: the last 3)")
     group.add_argument("--rank", type=int, default=DEFAULTS["rank"], help="rank of the hypernetwork's low-rank blocks (default 256)")
     group.add_argument("--n-blocks", type=int, default=DEFAULTS["n_blocks"], help="residual blocks in the hypernetwork (default 2)")

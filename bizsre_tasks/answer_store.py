@@ -1,0 +1,64 @@
+"""Per-case answers persisted as they are produced, so a killed run resumes where it stopped.
+
+`edited-hf ... answer_store=DIR` keeps one JSONL file per run identity (model weights fingerprint,
+method, resolved hparams, edit language, protocol, package version). Each line holds one finished
+case: its answers keyed by request signature, and the failure reason if its edit failed. A line is
+written (and flushed to disk) only after the case is complete and the model restored, so a crash at
+any point loses at most the case in progress; a truncated last line is ignored on reading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def request_signature(request: Any, occurrence: int) -> str:
+    """Identifies one answer: task, document, occurrence (pre/post for locality), prompt and settings."""
+    task = str((getattr(request, "metadata", None) or ("",))[0])
+    context, gen_kwargs = request.args
+    payload = json.dumps([task, getattr(request, "doc_id", None), occurrence, context, gen_kwargs], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:24]
+
+
+def run_identity(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:20]
+
+
+class AnswerStore:
+    def __init__(self, folder: str | os.PathLike, identity: str, description: dict[str, Any], rank: int = 0):
+        self.folder = Path(folder).expanduser()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / f"answers-{identity}-rank{rank}.jsonl"
+        (self.folder / f"run-{identity}.json").write_text(json.dumps(description, indent=2, sort_keys=True, default=str))
+        self.cases: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._read()
+
+    def _read(self) -> None:
+        with self.path.open(encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the line a killed run was writing
+                if isinstance(entry, dict) and "case_key" in entry:
+                    self.cases[entry["case_key"]] = entry
+
+    def finished(self, case_key: str, signatures: list[str]) -> dict[str, Any] | None:
+        """The stored entry when it holds an answer for every signature asked for."""
+        entry = self.cases.get(case_key)
+        if entry and all(signature in entry["answers"] for signature in signatures):
+            return entry
+        return None
+
+    def record(self, case_key: str, answers: dict[str, str], failure: str | None) -> None:
+        entry = {"case_key": case_key, "answers": answers, "failure": failure}
+        self.cases[case_key] = entry
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
