@@ -103,3 +103,41 @@ def test_killed_run_resumes_without_redoing_cases(tiny_gpt2, tmp_path):
     fresh = subprocess.run(_command(tiny_gpt2, tmp_path / "fresh-store", hparams, tmp_path / "out3"), env=env, cwd=REPO, capture_output=True, text=True)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert _samples(tmp_path / "out2") == _samples(tmp_path / "out3")
+
+
+def _accelerate_command(model_dir, hparams, output, processes):
+    model_args = f"pretrained={model_dir},method=tests.fake_methods:SlowLoggedEdit,hparams={hparams}"
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "bizsre_tasks.cli", "run",
+        "--model", "edited-hf", "--model_args", model_args, "--tasks", "bizsre", "--limit", "5",
+        "--output_path", str(output), "--log_samples", "--gen_kwargs", "max_gen_toks=4",
+    ]
+
+
+def _results(output: Path) -> dict:
+    path = next(output.rglob("results_*.json"))
+    return json.loads(path.read_text())["results"]
+
+
+@pytest.mark.slow
+def test_two_processes_edit_each_case_once_and_agree_with_one(tiny_gpt2, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    runs = {}
+    for processes in (1, 2):
+        log = tmp_path / f"edits-{processes}.log"
+        hparams = tmp_path / f"h{processes}.yaml"
+        hparams.write_text(yaml.safe_dump({"log_file": str(log), "sleep": 0.0, "scale": 0.3}))
+        output = tmp_path / f"out{processes}"
+        done = subprocess.run(_accelerate_command(tiny_gpt2, hparams, output, processes), env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        edited = log.read_text().splitlines()
+        assert sorted(edited) == sorted(set(edited)) and len(edited) == 5  # every case edited exactly once overall
+        runs[processes] = (_results(output), _samples(output))
+    (results_1, samples_1), (results_2, samples_2) = runs[1], runs[2]
+    for task, metrics in results_1.items():
+        for name, value in metrics.items():
+            if name.endswith(",none") and "stderr" not in name:
+                assert results_2[task][name] == pytest.approx(value), (task, name)
+    for task in samples_1:
+        assert sorted(map(json.dumps, samples_1[task])) == sorted(map(json.dumps, samples_2[task]))
