@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from typing import Any
 
 import torch
@@ -109,6 +110,7 @@ class EditedHFLM(HFLM):
         self.seed = int(seed)
         self.verify_restore = bool(verify_restore)
         self.edit_count = 0
+        self.timings: list[dict[str, float]] = []
         self.answer_store_dir = answer_store
         self.cross_case_batch = max(1, int(cross_case_batch))
         self.failed_edits: list[dict[str, str]] = []
@@ -220,19 +222,35 @@ class EditedHFLM(HFLM):
 
     def _answer_cases(self, requests: list, cases: list[CaseWork], answers: list) -> None:
         """Pre-edit answers, edits, post-edit answers, restoration — for one case or a chunk of weight-free ones."""
+        clock = time.perf_counter
+        started = clock()
         pre = [i for case in cases for i in case.pre_edit]
         self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+        edit_started = clock()
         if self.editor.modifies_weights:
             applied = [self._apply(case) for case in cases]
         else:
             applied = self._apply_all(cases)
+        answer_started = clock()
         try:
             post = [i for case in cases for i in case.post_edit]
             edits = [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
             self._store(answers, post, self._answer(requests, post, edits))
         finally:
+            restore_started = clock()
             for edit in applied:
                 edit.restore()
+            finished = clock()
+        # Per-chunk timings for the benchmark (one entry per case for weight methods).
+        self.timings.append(
+            {
+                "cases": len(cases),
+                "apply_s": answer_started - edit_started,
+                "answer_s": (edit_started - started) + (restore_started - answer_started),
+                "restore_s": finished - restore_started,
+                "total_s": finished - started,
+            }
+        )
 
     def _apply_all(self, cases: list[CaseWork]) -> list[AppliedEdit]:
         self.edit_count += len(cases)

@@ -81,6 +81,10 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
 def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
     """Logits (B, T, V) only at `positions` (B, T)."""
     hidden = hidden_states(model, input_ids, attention_mask)
+    if naive_mode():
+        # Textbook path for the benchmark: the head over every position, then pick.
+        full = head_logits(model, hidden)
+        return full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
     index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
     return head_logits(model, hidden.gather(1, index))
 
@@ -115,6 +119,31 @@ def find_subject_last_token(tokenizer, prompt: str, subject: str) -> int:
     return last if last is not None else len(offsets) - 1
 
 
+_NAIVE: dict = {"on": False, "model": None}
+
+
+def naive_mode() -> bool:
+    """True inside `naive(model)`: the benchmark's textbook comparison path.
+
+    Methods check it to skip their shortcuts (activation reuse below the edited layer); the helpers
+    here compute the LM head everywhere and give gradients to every weight.
+    """
+    return _NAIVE["on"]
+
+
+class naive:
+    def __init__(self, model):
+        self.model = model
+
+    def __enter__(self):
+        _NAIVE.update(on=True, model=self.model)
+        return self
+
+    def __exit__(self, *exc):
+        _NAIVE.update(on=False, model=None)
+        return False
+
+
 def requires_grad_only(parameters: list[torch.Tensor]):
     """Context: gradients only for `parameters` (everything else in the model stays frozen)."""
     return _GradScope(parameters)
@@ -122,7 +151,11 @@ def requires_grad_only(parameters: list[torch.Tensor]):
 
 class _GradScope:
     def __init__(self, parameters):
-        self.parameters = parameters
+        # In naive mode every weight gets a gradient, as a textbook fine-tuning loop would do.
+        self.parameters = list(parameters)
+        if naive_mode() and self.parameters:
+            model_parameters = _NAIVE["model"].parameters() if _NAIVE["model"] is not None else []
+            self.parameters += [p for p in model_parameters if all(p is not q for q in self.parameters)]
 
     def __enter__(self):
         for parameter in self.parameters:

@@ -1,0 +1,1 @@
+"""The speed and memory benchmark (`bizsre bench`, `scripts/bench.py`)."""

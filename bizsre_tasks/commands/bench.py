@@ -1,0 +1,97 @@
+"""`bizsre bench`: the speed and memory benchmark (same as scripts/bench.py)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+DEFAULT_METHODS = "none,ft,ike,kn,rome,memit"
+
+
+def configure(name: str, parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated (default {DEFAULT_METHODS})")
+    parser.add_argument("--cases", type=int, default=10, help="cases measured per method (one more is used as warm-up)")
+    parser.add_argument("--test-file", help="default: the shared 743-case file when present, else the demo sample")
+    parser.add_argument("--train-file", help="training file for IKE demonstrations / statistics")
+    parser.add_argument("--pretrained", help="model (default: the embedded Gemma 3 270M)")
+    parser.add_argument("--tasks", default="bizsre", help="tasks or group (default bizsre)")
+    parser.add_argument("--edit-lang", default="en")
+    parser.add_argument("--protocol", default="teacher_forced", choices=["generate", "teacher_forced"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--naive", action="store_true", help="also run the textbook path and report optimised/naive ratios")
+    parser.add_argument("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hparams file per method")
+    parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=DIR", help="trained editor per method")
+    parser.add_argument("--json", default="benchmark_results.json", help="where to write the JSON results")
+    parser.add_argument("--markdown", default=None, help="write the Markdown report here (e.g. BENCHMARKS.md)")
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, str]:
+    from bizsre_tasks.errors import ConfigurationError
+
+    pairs = {}
+    for item in items:
+        method, sep, value = item.partition("=")
+        if not sep or not value:
+            raise ConfigurationError(f"{flag} expects METHOD=VALUE, got {item!r}")
+        pairs[method] = value
+    return pairs
+
+
+def default_test_file() -> str:
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "bizsre" / "bizsre_test_en_zh.json"
+    from bizsre_tasks.data_loading import SAMPLE_TEST_FILE
+
+    return str(shared if shared.exists() else SAMPLE_TEST_FILE)
+
+
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from bizsre_tasks.benchmark import report, runner
+    from bizsre_tasks.benchmark.requests import build_requests
+    from bizsre_tasks.editing.registry import read_hparams_file
+    from bizsre_tasks.editing_wrapper import EditedHFLM
+
+    hparams_files = _pairs(args.hparams, "--hparams")
+    checkpoints = _pairs(args.checkpoint, "--checkpoint")
+    test_file = args.test_file or default_test_file()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    start = time.perf_counter()
+    lm = EditedHFLM(pretrained=args.pretrained, method="none", edit_lang=args.edit_lang, protocol=args.protocol,
+                    batch_size=args.batch_size, train_file=args.train_file, device="cpu" if not _cuda() else "cuda")
+    model_load_s = time.perf_counter() - start
+    metadata = {"test_file": test_file, "edit_lang": args.edit_lang, "protocol": args.protocol, "pretrained": lm.editor.context.model_name}
+    requests_by_task = build_requests([t.strip() for t in args.tasks.split(",")], args.cases + 1, metadata)
+    reliability = requests_by_task.get("bizsre_reliability") or next(iter(requests_by_task.values()))
+    prompts = [r.args[0] for r in reliability[:8]]
+    forward_s = runner.reference_forward_seconds(lm, prompts)
+    figures = []
+    for method in methods:
+        lm.editor.context.checkpoint = checkpoints.get(method)
+        print(f"[bench] {method} ...", file=sys.stderr, flush=True)
+        measured = runner.measure_method(lm, method, read_hparams_file(hparams_files.get(method)), requests_by_task, forward_s, naive=args.naive)
+        figures.append(runner.as_dict(measured))
+        print(report.markdown_table(figures[-1:]), file=sys.stderr, flush=True)
+    result = {
+        "command": "bizsre bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        "environment": report.environment(),
+        "model": lm.editor.context.model_name,
+        "test_file": test_file,
+        "cases": args.cases,
+        "tasks": list(requests_by_task),
+        "protocol": args.protocol,
+        "model_load_s": model_load_s,
+        "reference_batch": len(prompts),
+        "forward_s": forward_s,
+        "methods": figures,
+    }
+    print(report.write_outputs(result, Path(args.json), Path(args.markdown) if args.markdown else None))
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
