@@ -27,8 +27,10 @@ from bizsre_tasks.task_generation import BUNDLED_DIR, BUNDLED_LANGUAGES, PER_LAN
 
 GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
-RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint")
+RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint", "answer_store")
 INCOMPLETE_DIR = ".incomplete"  # hidden, so `bizsre report` does not read set-aside runs
+# Outside the run folders (which are set aside when unfinished), hidden from `bizsre report`.
+ANSWERS_DIR = ".answers"
 
 
 @dataclass
@@ -46,6 +48,7 @@ class SweepOptions:
     extra_model_args: dict[str, str] = field(default_factory=dict)
     batch_size: str | None = None
     device: str | None = None
+    answer_store: bool = True  # edited-hf saves answers per case, so a killed run resumes mid-way
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,10 @@ def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
         args["hparams"] = str(Path(options.hparams[run.method]).expanduser().resolve())
     if run.name in options.checkpoints:
         args["checkpoint"] = str(Path(options.checkpoints[run.name]).expanduser().resolve())
+    if options.answer_store:
+        # Keyed by weights, method, hparams, edit language, protocol and seed inside edited-hf, so
+        # answers are never reused under another setting.
+        args["answer_store"] = str((options.output / ANSWERS_DIR / run.name).resolve())
     args.update(options.extra_model_args)
     return args
 

@@ -246,3 +246,14 @@ def test_cli_default_out_folder(sweep_dir: Path, monkeypatch, capsys) -> None:
     assert (sweep_dir / "report" / "radar_paper_Baichuan2-7B.png").is_file()
     # The report folder holds no results, so a second report over DIR reads the same runs.
     assert run_cli(["report", str(sweep_dir)], monkeypatch) == 0
+
+
+def test_custom_reference_tsv(sweep_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    tsv = tmp_path / "mine.tsv"
+    tsv.write_text("backbone\tedit_lang\tmethod\tmetric\tf1\tem\nTiny\ten\tROME\treliability\t12.34\t05.00\n", encoding="utf-8")
+    assert run_cli(["report", str(sweep_dir), "--out", str(tmp_path / "o"), "--reference", str(tsv)], monkeypatch) == 0
+    rome_en = next(row for row in read_csv(tmp_path / "o" / "comparison.csv") if row[3:5] == ["en", "ROME"])
+    assert rome_en[2] == "Tiny" and rome_en[5:7] == ["75.0 / 50.0", "12.3 / 5.0"]
+    tsv.write_text("backbone\tedit_lang\tmethod\tmetric\tf1\tem\nTiny\ten\tROME\treliability\tabc\t05.00\n", encoding="utf-8")
+    assert run_cli(["report", str(sweep_dir), "--out", str(tmp_path / "o"), "--reference", str(tsv)], monkeypatch) == 2
+    assert f"{tsv}, line 2" in capsys.readouterr().err

@@ -66,6 +66,9 @@ def test_command_line(tmp_path: Path) -> None:
     args = model_args_of(argv)
     assert args["method"] == "none" and args["edit_lang"] == "en" and args["protocol"] == "teacher_forced"
     assert args["train_file"] == str(train.resolve()) and args["seed"] == "7"
+    assert args["answer_store"] == str((tmp_path / "sweep" / ".answers" / "none_en").resolve())
+    opts.answer_store = False
+    assert "answer_store" not in model_args_of(command(run, opts))
 
 
 def test_per_run_checkpoint_and_per_method_hparams(tmp_path: Path) -> None:

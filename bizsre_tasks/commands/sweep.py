@@ -27,6 +27,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extra-model-args", help="more edited-hf model_args for every run, k=v,k=v (e.g. seed=1,verify_restore=true)")
     parser.add_argument("--batch-size", help="lm_eval --batch_size")
     parser.add_argument("--device", help="lm_eval --device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-answer-store", action="store_true",
+                        help="do not keep per-case answers in OUTPUT/.answers/ (then a killed run restarts from its first case)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
 
 
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         extra_model_args=parse_key_values(args.extra_model_args, "--extra-model-args"),
         batch_size=args.batch_size,
         device=args.device,
+        answer_store=not args.no_answer_store,
     )
     outcome = run_sweep(options, show_progress=not args.no_progress)
     total = len(outcome.skipped) + len(outcome.finished) + len(outcome.failed)
