@@ -65,13 +65,13 @@ def _method(folder: Path, checkpoint: Path | None, edit_lang: str = "en", hparam
 
 
 def test_training_writes_a_loadable_checkpoint(gemma_checkpoint, tiny_gemma):
-    info = json.loads((gemma_checkpoint / "checkpoint.json").read_text())
-    assert info["format"] == "bizsre-mend-checkpoint" and info["edit_lang"] == "en"
-    assert info["mend"]["layers"] == [1, 2, 3]  # the last 3 of the tiny model's 4 layers
-    assert info["train_data"]["fingerprint"] and info["base_model"]["fingerprint"]
-    assert info["training"]["steps"] == 6
-    assert (gemma_checkpoint / "mend.safetensors").is_file()
-    assert not (gemma_checkpoint / ".mend_state").exists()  # removed once finished
+    info = json.loads((gemma_checkpoint / "bizsre_checkpoint.json").read_text())
+    assert info["method"] == "mend" and info["edit_lang"] == "en"
+    assert info["config"]["mend"]["layers"] == [1, 2, 3]  # the last 3 of the tiny model's 4 layers
+    assert info["train_data"][0]["fingerprint"] and info["base_model"]["fingerprint"]
+    assert info["config"]["training"]["steps"] == 6
+    assert (gemma_checkpoint / "weights.safetensors").is_file()
+    assert not (gemma_checkpoint / "_training").exists()  # removed once finished
     method = _method(tiny_gemma, gemma_checkpoint)
     method.ensure_prepared()
     assert method.editor.config.layers == (1, 2, 3)
@@ -81,26 +81,26 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(tiny_gemma, train
     whole = mend_training.train(_args(tiny_gemma, train_files["flat"], tmp_path / "whole"))
     partial = tmp_path / "partial"
     mend_training.train(_args(tiny_gemma, train_files["flat"], partial, stop_after=3))
-    assert not (partial / "checkpoint.json").exists()
-    assert (partial / ".mend_state" / "train_state.pt").is_file()
-    state = torch.load(partial / ".mend_state" / "train_state.pt", weights_only=False)
+    assert not (partial / "bizsre_checkpoint.json").exists()
+    assert (partial / "_training" / "train_state.pt").is_file()
+    state = torch.load(partial / "_training" / "train_state.pt", weights_only=False)
     assert state["step"] == 2  # the last save before the "kill"
-    with pytest.raises(ConfigurationError, match="unfinished training run"):
+    with pytest.raises(ConfigurationError, match="not a finished bizsre checkpoint"):
         _method(tiny_gemma, partial).ensure_prepared()
     with pytest.raises(ConfigurationError, match="other settings"):
         mend_training.train(_args(tiny_gemma, train_files["flat"], partial, seed=7))
     mend_training.train(_args(tiny_gemma, train_files["flat"], partial))
-    assert (whole / "mend.safetensors").read_bytes() == (partial / "mend.safetensors").read_bytes()
+    assert (whole / "weights.safetensors").read_bytes() == (partial / "weights.safetensors").read_bytes()
 
 
 def test_mismatched_checkpoints_are_rejected(gemma_checkpoint, tiny_gemma, tmp_path):
-    with pytest.raises(ConfigurationError, match="edit_lang=en"):
+    with pytest.raises(ConfigurationError, match="trained for edit language 'en'"):
         _method(tiny_gemma, gemma_checkpoint, edit_lang="zh")
     other_weights = build_tiny_model(tmp_path / "other-gemma", "gemma3_text", seed=1)
-    with pytest.raises(ConfigurationError, match="trained on base model"):
+    with pytest.raises(ConfigurationError, match="trained for base model"):
         _method(other_weights, gemma_checkpoint)
     other_family = build_tiny_model(tmp_path / "llama", "llama")
-    with pytest.raises(ConfigurationError, match="trained on base model"):
+    with pytest.raises(ConfigurationError, match="trained for base model"):
         _method(other_family, gemma_checkpoint)
     with pytest.raises(ConfigurationError, match="needs a trained MEND checkpoint"):
         _method(tiny_gemma, None)
@@ -108,14 +108,15 @@ def test_mismatched_checkpoints_are_rejected(gemma_checkpoint, tiny_gemma, tmp_p
         _method(tiny_gemma, tmp_path / "nowhere")
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "checkpoint.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(ConfigurationError, match="not a MEND checkpoint"):
+    (broken / "bizsre_checkpoint.json").write_text(json.dumps({"format_version": 1, "method": "serac", "edit_lang": "en",
+                                                               "base_model": {"name": "x", "fingerprint": "0"}}))
+    with pytest.raises(ConfigurationError, match="is a 'serac' checkpoint, not a 'mend' one"):
         _method(tiny_gemma, broken)
 
 
 def test_checkpoint_from_hparams_key(gemma_checkpoint, tiny_gemma):
     method = _method(tiny_gemma, None, hparams={"checkpoint": str(gemma_checkpoint)})
-    assert method.checkpoint_info["edit_lang"] == "en"
+    assert method.checkpoint_info.edit_lang == "en"
 
 
 def _state(model) -> dict[str, torch.Tensor]:
@@ -171,8 +172,8 @@ def test_chinese_pairs_with_aligned_english(tiny_gemma, train_files, tmp_path):
     assert examples[1].rows[2][1].startswith("Question: ")  # odd records take locality from the aligned language
     assert "问题：" in examples[0].rows[2][1] and examples[0].rows[2][1] != examples[0].rows[0][1]
     out = mend_training.train(_args(tiny_gemma, train_files["zh"], tmp_path / "zh", edit_lang="zh", aligned_file=train_files["en_aligned"]))
-    info = json.loads((out / "checkpoint.json").read_text())
-    assert info["edit_lang"] == "zh" and info["train_data"]["aligned_lang"] == "en"
+    info = json.loads((out / "bizsre_checkpoint.json").read_text())
+    assert info["edit_lang"] == "zh" and info["train_data"][1]["role"] == "aligned" and info["train_data"][1]["lang"] == "en"
     _method(tiny_gemma, out, edit_lang="zh").ensure_prepared()
     with pytest.raises(ConfigurationError, match="has 3 records"):
         short = tmp_path / "short.tsv"
@@ -216,7 +217,7 @@ def _real_checkpoint() -> Path | None:
 
     chosen = os.environ.get("BIZSRE_MEND_CHECKPOINT")
     folder = Path(chosen) if chosen else cache_root() / "checkpoints" / "mend-en-1000"
-    return folder if (folder / "checkpoint.json").is_file() else None
+    return folder if (folder / "bizsre_checkpoint.json").is_file() else None
 
 
 @pytest.mark.slow
@@ -240,3 +241,13 @@ def test_real_model_edit_installs_the_target():
     applied.restore()
     assert torch.equal(predicted[batch.target_mask], batch.target_ids[batch.target_mask])
     assert all(torch.equal(before[n], t) for n, t in method.model.state_dict().items())
+
+
+def test_mend_options_leave_shared_options_to_the_caller():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=7)
+    mend_training.configure_mend_arguments(parser)
+    args = parser.parse_args(["--rank", "16"])
+    assert args.steps == 7 and args.rank == 16 and args.train_vocab == 1024

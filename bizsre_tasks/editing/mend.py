@@ -212,7 +212,7 @@ class Mend(EditingMethod):
     def __init__(self, context, hparams):
         super().__init__(context, hparams)
         self.editor: MendEditor | None = None
-        self.checkpoint_info: dict[str, Any] = {}
+        self.checkpoint_info = None  # training.checkpoints.CheckpointInfo once loaded
 
     def checkpoint_dir(self) -> str:
         chosen = self.context.checkpoint or self.hparams.get("checkpoint") or ""

@@ -30,21 +30,21 @@ Data per training record (all prompts through `bizsre_tasks.prompts`, exactly as
   and the aligned language when an aligned file is given. Only the answer positions matter (KL between
   the unedited and edited distributions there), so the answer text only fixes where the KL is taken.
 
-Checkpoint folder (`--out DIR`):
-    checkpoint.json        format, edit language, base model name + fingerprint, training data
-                           fingerprints, hypernetwork config, training options, timings, loss summary
-    mend.safetensors       hypernetwork weights, normalisation statistics, learned edit rates
-    .mend_state/           present while training: run description, precompute shards, last saved
-                           state (removed when training finishes unless --keep-state)
-`checkpoint.json` is written last, so a folder without it is an unfinished run; running the same
-command again continues from the last saved state (every `--save-every` steps) and, for a fixed seed,
-ends with the same checkpoint as an uninterrupted run.
+Checkpoint folder (`--out DIR`, the shared format of `bizsre_tasks.training.checkpoints`):
+    bizsre_checkpoint.json  method "mend", edit language, base model name + fingerprint, training data
+                            fingerprints; config: hypernetwork (`mend`), training options, the run
+                            description; metrics: learned edit rates, timings, loss summary
+    weights.safetensors     hypernetwork weights, normalisation statistics, log edit rates
+    _training/              while training: run description, precompute shards, last saved state
+                            (removed when training finishes unless --keep-state: the shards are large)
+The manifest is written last, so a folder without it is an unfinished run; running the same command
+again continues from the last saved state (every `--save-every` steps) and, for a fixed seed, ends
+with the same checkpoint as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -58,12 +58,9 @@ from typing import Any
 import torch
 
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.training.checkpoints import MANIFEST, STATE_DIR, WEIGHTS, CheckpointInfo, read_manifest, save_checkpoint
 
-CHECKPOINT_FORMAT = "bizsre-mend-checkpoint"
-CHECKPOINT_VERSION = 1
-CONFIG_NAME = "checkpoint.json"
-WEIGHTS_NAME = "mend.safetensors"
-STATE_DIR = ".mend_state"
+METHOD = "mend"
 EDIT, GEN, LOC = 0, 1, 2
 
 DEFAULTS: dict[str, Any] = {
@@ -159,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-size", type=int, default=DEFAULTS["train_size"], help="number of training records used (first N; default 1000)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write (resumes an unfinished run there)")
     parser.add_argument("--train-file", default=None, help="training file (flat JSON or question<TAB>answer); default $BIZSRE_TRAIN_FILE")
-    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="seed; same seed, data and options give the same checkpoint on CPU (default 1234)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     configure_mend_arguments(parser)
     return parser
@@ -215,105 +212,39 @@ def build_examples(records, lang: str, aligned=None, aligned_lang: str | None = 
 def file_fingerprint(path: str | os.PathLike | None) -> str | None:
     if not path:
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    from bizsre_tasks.training.checkpoints import data_fingerprint
 
-
-def model_fingerprint(model, layout, layers) -> str:
-    """Architecture plus the exact bytes of the weights MEND edits and of the final norm.
-
-    A hypernetwork is trained on one model's gradients; any other weights (another model, a fine-tune
-    of the same architecture) must be rejected, and hashing the edited weights catches both cheaply.
-    """
-    from bizsre_tasks.editing.mend import EDITED_PART
-
-    config = model.config
-    digest = hashlib.sha256()
-    arch = {key: getattr(config, key, None) for key in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "vocab_size", "n_embd", "n_layer")}
-    digest.update(json.dumps(arch, sort_keys=True).encode())
-    tensors = [layout.weight_out_in(EDITED_PART, layer) for layer in layers]
-    if layout.has("final_norm"):
-        tensors += [p for p in layout.module("final_norm").parameters()]
-    for tensor in tensors:
-        digest.update(tensor.detach().float().cpu().contiguous().view(-1).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def save_checkpoint(out: Path, editor, info: dict[str, Any]) -> None:
-    """Weights first, config last (its presence marks a finished checkpoint); both written atomically."""
-    from safetensors.torch import save_file
-
-    out.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in editor.state_dict().items()}
-    tmp = out / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp))
-    os.replace(tmp, out / WEIGHTS_NAME)
-    info = dict(info, weights=WEIGHTS_NAME, weights_sha256=file_fingerprint(out / WEIGHTS_NAME))
-    tmp = out / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, out / CONFIG_NAME)
-
-
-def read_checkpoint_info(folder: str | os.PathLike) -> dict[str, Any]:
-    folder = Path(folder).expanduser()
-    if not folder.is_dir():
-        raise ConfigurationError(f"MEND checkpoint {folder} does not exist or is not a folder")
-    config_path = folder / CONFIG_NAME
-    if not config_path.is_file():
-        hint = " (an unfinished training run: run the same train command again to resume it)" if (folder / STATE_DIR).is_dir() else ""
-        raise ConfigurationError(f"{folder} is not a MEND checkpoint: {CONFIG_NAME} is missing{hint}")
-    try:
-        info = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise ConfigurationError(f"MEND checkpoint {folder}: {CONFIG_NAME} is not valid JSON ({exc})") from None
-    if info.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigurationError(f"{folder} is not a MEND checkpoint (format {info.get('format')!r}, expected {CHECKPOINT_FORMAT!r})")
-    if info.get("format_version") != CHECKPOINT_VERSION:
-        raise ConfigurationError(f"MEND checkpoint {folder} has format version {info.get('format_version')}; this version reads {CHECKPOINT_VERSION}: retrain it")
-    return info
+    return data_fingerprint(path)
 
 
 def load_checkpoint(folder: str | os.PathLike, model, layout, edit_lang: str):
-    """The trained `MendEditor` for `model`, after checking language, architecture and weights."""
-    from safetensors.torch import load_file
+    """The trained `MendEditor` for `model`, after checking method, language, base model and shapes.
 
+    The folder format and the method/language/base-model checks are the shared ones
+    (`bizsre_tasks.training.checkpoints`); MEND adds its own check that the edited layers exist and
+    have the shapes the hypernetwork was trained for.
+    """
     from bizsre_tasks.editing.mend import MendConfig, MendEditor, weight_shapes
+    from bizsre_tasks.training import checkpoints
 
-    folder = Path(folder).expanduser()
-    info = read_checkpoint_info(folder)
-    if info.get("edit_lang") != edit_lang:
-        raise ConfigurationError(
-            f"MEND checkpoint {folder} was trained for edit_lang={info.get('edit_lang')}, but this run edits in "
-            f"'{edit_lang}': train a checkpoint for '{edit_lang}' (bizsre train mend --edit-lang {edit_lang}) or pass "
-            f"edit_lang={info.get('edit_lang')}"
-        )
-    config = MendConfig.from_json(info["mend"])
-    base = info.get("base_model", {})
+    info, tensors = checkpoints.load_checkpoint(folder, METHOD, model=model, edit_lang=edit_lang)
+    try:
+        config = MendConfig.from_json(info.config["mend"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"MEND checkpoint {folder}: its config lacks the hypernetwork description ({exc})") from None
     for layer in config.layers:
         if not (0 <= layer < layout.num_layers):
             raise ConfigurationError(
-                f"MEND checkpoint {folder} edits layer {layer}, but this model has layers 0..{layout.num_layers - 1}: it was "
-                f"trained on another base model ({base.get('name')})"
+                f"MEND checkpoint {folder} edits layer {layer}, but this model has layers 0..{layout.num_layers - 1}: "
+                f"it was trained for base model {info.base_model_name}"
             )
-    shapes = weight_shapes(layout, config.layers)
-    fingerprint = model_fingerprint(model, layout, config.layers)
-    if shapes != config.shapes or fingerprint != base.get("fingerprint"):
-        raise ConfigurationError(
-            f"MEND checkpoint {folder} was trained on base model {base.get('name')} (fingerprint {base.get('fingerprint')}); "
-            f"the model under edit differs (fingerprint {fingerprint}). A MEND hypernetwork only fits the weights it was "
-            "trained on: train one for this model."
-        )
-    weights = folder / info.get("weights", WEIGHTS_NAME)
-    if not weights.is_file():
-        raise ConfigurationError(f"MEND checkpoint {folder}: weights file {weights.name} is missing")
+    if weight_shapes(layout, config.layers) != config.shapes:
+        raise ConfigurationError(f"MEND checkpoint {folder}: the edited weights of this model have other shapes than in training")
     editor = MendEditor(config)
     try:
-        editor.load_state_dict(load_file(str(weights)), strict=True)
-    except Exception as exc:  # a truncated or foreign file
-        raise ConfigurationError(f"MEND checkpoint {folder}: cannot load {weights.name} ({exc})") from None
+        editor.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"MEND checkpoint {folder}: {WEIGHTS} does not fit its config ({exc})") from None
     return editor, info
 
 
@@ -403,7 +334,7 @@ def _candidate_logits(model, hidden: torch.Tensor, cand: torch.Tensor) -> torch.
 
 def precompute_chunk(model, tokenizer, layout, layers, examples: list[Example], vocab_k: int, device) -> list[dict]:
     """Everything the frozen model contributes to the training of these examples (see module docstring)."""
-    from bizsre_tasks.editing.common import build_batch, hidden_states
+    from bizsre_tasks.editing.common import build_batch, hidden_states, requires_grad_only
     from bizsre_tasks.editing.mend import Capture, edited_modules, select_tokens
 
     first = min(layers)
@@ -423,8 +354,6 @@ def precompute_chunk(model, tokenizer, layout, layers, examples: list[Example], 
 
     handle = layout.module("layers")[first].register_forward_pre_hook(keep_input, with_kwargs=True)
     params = [m.weight for m in modules.values()]
-    from bizsre_tasks.editing.common import requires_grad_only
-    from bizsre_tasks.editing.mend import per_row_nll
 
     # Every real target position of every row, flattened: the head runs only there (no padding).
     row_of, slot_of = batch.target_mask.nonzero(as_tuple=True)
@@ -669,7 +598,9 @@ def train(args: argparse.Namespace) -> Path:
     total_steps = int(opt["steps"]) if opt["steps"] else int(opt["epochs"]) * steps_per_epoch
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    base = {"name": model_name, "path": str(pretrained), "fingerprint": model_fingerprint(model, layout, layers)}
+    from bizsre_tasks.editing.encoders import model_fingerprint
+
+    base = {"name": model_name, "path": str(pretrained), "fingerprint": model_fingerprint(model)}
     data = {
         "file": str(train_file), "fingerprint": file_fingerprint(train_file), "records_used": size,
         "aligned_file": str(opt["aligned_file"]) if opt["aligned_file"] else None,
@@ -681,15 +612,15 @@ def train(args: argparse.Namespace) -> Path:
 
     state_dir = out / STATE_DIR
     if opt["overwrite"] and out.exists():
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
+        for name in (MANIFEST, WEIGHTS):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(state_dir, ignore_errors=True)
-    if (out / CONFIG_NAME).is_file():
-        existing = read_checkpoint_info(out)
-        if existing.get("run") == json.loads(json.dumps(run)):
+    if (out / MANIFEST).is_file():
+        existing = read_manifest(out) or {}
+        if existing.get("method") == METHOD and existing.get("config", {}).get("run") == json.loads(json.dumps(run)):
             _say(quiet, f"MEND checkpoint {out} already holds this training run; nothing to do")
             return out
-        raise ConfigurationError(f"{out} already holds a MEND checkpoint from other settings; choose another --out or pass --overwrite")
+        raise ConfigurationError(f"{out} already holds a checkpoint from other settings; choose another --out or pass --overwrite")
     run_file = state_dir / "run.json"
     if run_file.is_file():
         if json.loads(run_file.read_text(encoding="utf-8")) != json.loads(json.dumps(run)):
@@ -700,8 +631,9 @@ def train(args: argparse.Namespace) -> Path:
     state_dir.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps(run, indent=2, ensure_ascii=False), encoding="utf-8")
 
-    # 1. Precompute, in shards that survive an interruption.
-    t0 = time.time()
+    # 1. Precompute, in shards that survive an interruption (their compute time is kept with them).
+    timing_file = state_dir / "precompute_seconds.json"
+    precompute_seconds = json.loads(timing_file.read_text()) if timing_file.is_file() else 0.0
     shard_size = int(opt["precompute_batch"]) * 16
     cache: list[dict] = []
     progress = tqdm(total=size, desc=f"MEND precompute ({lang})", unit="record", disable=quiet)
@@ -712,15 +644,17 @@ def train(args: argparse.Namespace) -> Path:
             shard = torch.load(path, weights_only=False)
             progress.update(len(shard))
         else:
+            t0 = time.time()
             shard = []
             for begin in range(start, stop, int(opt["precompute_batch"])):
                 chunk = examples[begin : min(begin + int(opt["precompute_batch"]), stop)]
                 shard += precompute_chunk(model, tokenizer, layout, layers, chunk, int(opt["train_vocab"]), device)
                 progress.update(len(chunk))
             _atomic_save(shard, path)
+            precompute_seconds += time.time() - t0
+            timing_file.write_text(json.dumps(precompute_seconds))
         cache += shard
     progress.close()
-    precompute_seconds = time.time() - t0
     _check_forward_from_layer(model, tokenizer, layout, layers, examples[0], cache[0], device)
 
     # 2. The hypernetwork, its normalisation statistics, the optimiser; resume if a state exists.
@@ -782,22 +716,27 @@ def train(args: argparse.Namespace) -> Path:
         return round(sum(h[key] for h in part) / max(len(part), 1), 4)
 
     first, last = history[: max(1, len(history) // 10)], history[-max(1, len(history) // 10):]
-    info = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "method": "mend",
-        "edit_lang": lang,
-        "base_model": base,
-        "train_data": data,
-        "mend": config.to_json(),
-        "edit_lrs": {str(layer): editor.lr(layer).item() for layer in layers},
-        "training": dict(training, precompute_seconds=round(precompute_seconds, 1), train_seconds=round(train_seconds, 1),
-                         this_run_seconds=round(time.time() - started, 1)),
-        "loss_summary": {"first_10pct": {k: mean_of(k, first) for k in ("edit", "loc", "acc")},
-                         "last_10pct": {k: mean_of(k, last) for k in ("edit", "loc", "acc")}},
-        "run": run,
-    }
-    save_checkpoint(out, editor, info)
+    train_data = [{"path": data["file"], "fingerprint": data["fingerprint"], "records": size, "role": "train"}]
+    if data["aligned_file"]:
+        train_data.append({"path": data["aligned_file"], "fingerprint": data["aligned_fingerprint"], "records": size,
+                           "role": "aligned", "lang": aligned_lang})
+    info = CheckpointInfo(
+        method=METHOD,
+        base_model_name=model_name,
+        base_model_fingerprint=base["fingerprint"],
+        edit_lang=lang,
+        train_data=train_data,
+        config={"mend": config.to_json(), "training": training, "run": run},
+        metrics={
+            "edit_lrs": {str(layer): editor.lr(layer).item() for layer in layers},
+            "precompute_seconds": round(precompute_seconds, 1),
+            "train_seconds": round(train_seconds, 1),
+            "this_run_seconds": round(time.time() - started, 1),
+            "loss_first_10pct": {k: mean_of(k, first) for k in ("edit", "loc", "acc")},
+            "loss_last_10pct": {k: mean_of(k, last) for k in ("edit", "loc", "acc")},
+        },
+    )
+    save_checkpoint(out, info, editor.state_dict())
     if not opt["keep_state"]:
         shutil.rmtree(state_dir, ignore_errors=True)
     _say(quiet, f"MEND checkpoint written to {out} (precompute {precompute_seconds:.0f} s, training {train_seconds:.0f} s)")
