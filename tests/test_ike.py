@@ -242,3 +242,16 @@ def test_ike_end_to_end_on_the_default_model(shared_test_file, tmp_path, edit_la
     assert metric(results, "bizsre_reliability") >= 0.5
     samples = results["samples"]["bizsre_reliability"]
     assert all(len(s["resps"][0][0]) > 0 for s in samples)
+
+
+def test_shared_prefix_answers_match_full_teacher_forcing(tiny, tmp_path):
+    from bizsre_tasks.editing.prefix_cache import shared_prefix_answers
+    from bizsre_tasks.teacher_forcing import teacher_forced_answers
+
+    model, tokenizer = tiny
+    method = make_method(tiny, flat_train_file(tmp_path), k=3)
+    applied = method.apply(request())
+    prompts_ = [prompts.build_prompt(q, lang) for q, lang in (("Who wrote Blue Lotus?", "en"), ("谁写了蓝莲花？", "zh"), ("Where is Paris?", "en"))]
+    targets = [" Jane Doe", "简", " France"]
+    full = teacher_forced_answers(model, tokenizer, [applied.rewrite_prompt(p) for p in prompts_], targets)
+    assert shared_prefix_answers(model, tokenizer, applied.shared_prefix, prompts_, targets) == full

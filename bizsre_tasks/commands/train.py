@@ -52,8 +52,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     serac = methods.add_parser("serac", help="SERAC's scope classifier", description="Train SERAC's scope classifier.")
     _serac_arguments(serac)
     # MEND's trainer owns its options: everything after `mend` goes to its own parser.
-    mend = methods.add_parser("mend", help="MEND's hypernetwork (options: bizsre train mend --help)", add_help=False)
-    mend.add_argument("mend_args", nargs=argparse.REMAINDER)
+    # (prefix_chars="+" keeps argparse from reading "--out" or "--help" there as options of its own.)
+    mend = methods.add_parser("mend", help="MEND's hypernetwork (options: bizsre train mend --help)", add_help=False, prefix_chars="+")
+    mend.add_argument("mend_args", nargs="*")
     parser.set_defaults(_name=name)
 
 

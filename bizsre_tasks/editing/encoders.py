@@ -54,7 +54,8 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())
         for chunk in (flat[:512], flat[flat.numel() // 2 : flat.numel() // 2 + 512], flat[-512:]):
-            digest.update(chunk.float().cpu().numpy().tobytes())
+            # Rounded to bfloat16, so one checkpoint loaded in float32 or bfloat16 keeps its identity.
+            digest.update(chunk.to(torch.bfloat16).float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -35,6 +35,12 @@ class InContextEdit(AppliedEdit):
     def __init__(self, context_text: str):
         self.context_text = context_text
 
+    @property
+    def shared_prefix(self) -> str:
+        """Every prompt becomes `shared_prefix + prompt`: answering can compute this prefix once per case
+        (`prefix_cache.shared_prefix_answers`)."""
+        return self.context_text
+
     def rewrite_prompt(self, prompt: str) -> str:
         return self.context_text + prompt
 

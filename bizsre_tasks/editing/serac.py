@@ -32,13 +32,13 @@ class SeracEdit(AppliedEdit):
         self.method = method
         self.request = request
         self.edit_question = method.edit_question(request)
-        self.context_text = context_text
+        self.counterfactual_text = context_text
         self.routed: dict[str, bool] = {}
 
     def rewrite_prompt(self, prompt: str) -> str:
         in_scope = self.method.classifier.in_scope(self.edit_question, question_from_prompt(prompt))
         self.routed[prompt] = in_scope
-        return self.context_text + prompt if in_scope else prompt
+        return self.counterfactual_text + prompt if in_scope else prompt
 
     def restore(self) -> None:
         self.method.forget(self.request)

@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -402,7 +401,7 @@ def train(args: argparse.Namespace) -> Path:
     threshold, metrics = choose_threshold(head, features, val_data, seed)
     metrics.update(
         {
-            "final_loss": sum(losses[-20:]) / max(1, len(losses[-20:])),
+            "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 5),
             "encode_seconds": round(encode_seconds, 1),
             "train_seconds": round(train_seconds, 1),
             "train_groups": len(train_groups),
