@@ -134,7 +134,7 @@ def test_kn_prefix_cache_matches_whole_prompts(tiny_context):
     method = build_method("kn", tiny_context, {"ig_steps": 5, "ig_batch": 7})
     ids = encode_prompt(tiny_context.tokenizer, REQUEST.prompt)
     layers = method.kn_layers
-    activations, _, _ = method._observe(ids, layers)
+    activations, _ = method._observe(ids, layers)
     cached = method._integrated_gradients(ids, layers, activations, 7)
     method._prefix_cache = lambda prompt_ids: None
     whole = method._integrated_gradients(ids, layers, activations, 7)
@@ -147,7 +147,7 @@ def test_kn_integrated_gradients_completeness(tiny_gemma):
     ctx = _load(tiny_gemma)
     method = build_method("kn", ctx, {"layers": [3], "ig_steps": 64})
     ids = encode_prompt(ctx.tokenizer, REQUEST.prompt)
-    activations, _, logits = method._observe(ids, [3])
+    activations, logits = method._observe(ids, [3])
     token = int(logits.argmax())
     attribution = method._integrated_gradients(ids, [3], activations, token)[3]
     module = ctx.layout.module("mlp_out", 3)
@@ -157,6 +157,15 @@ def test_kn_integrated_gradients_completeness(tiny_gemma):
     handle.remove()
     expected = torch.softmax(logits, -1)[token] - torch.softmax(zeroed, -1)[token]
     assert attribution.sum().item() == pytest.approx(expected.item(), rel=0.1, abs=1e-6)
+
+
+def test_kn_selection_threshold_top_k_and_shared_filter(tiny_gemma):
+    method = build_method("kn", _load(tiny_gemma), {"threshold": 0.5, "top_k": 2, "max_shared": 0.5})
+    attributions = {2: torch.tensor([1.0, 0.6, 0.4, 0.9]), 3: torch.tensor([0.55, -1.0, 0.0, 0.0])}
+    activations = {2: torch.ones(4), 3: torch.ones(4)}
+    shared = {2: torch.tensor([0.9, 0.0, 0.0, 0.0]), 3: torch.zeros(4)}  # neuron 0 of layer 2 fires on any question
+    assert [(layer, index) for layer, index, _ in method._select(attributions, activations, shared)] == [(2, 3), (2, 1)]
+    assert [(layer, index) for layer, index, _ in method._select(attributions)] == [(2, 0), (2, 3)]
 
 
 def test_kn_edit_moves_towards_new_answer(tiny_gemma):

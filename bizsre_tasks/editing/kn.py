@@ -3,20 +3,30 @@
 1. Attribution. The "neurons" are the inputs of `mlp_out` (the MLP's intermediate activations) at
    the prompt's last position. For each attributed layer, the whole activation vector is scaled
    from 0 to its observed value in `ig_steps` steps and the gradient of the answer's probability
-   is integrated along that path (integrated gradients, Riemann sum):
+   is integrated along that path (integrated gradients, Riemann sum). The answer is the new
+   target's first token by default (`attribute_to: new`); the paper attributes the known fact
+   (`attribute_to: old`, here the unedited argmax, which in the default model is often a generic
+   token and picks neurons that carry no fact):
        attr_i = a_i * mean_k dP(answer | a := k/m * a) / da_i.
    All steps of all layers run as one batch. The perturbation sits at the last position only and
    attention is causal, so the prompt's earlier positions are run once and reused as a KV cache;
    each row of the batch is a single token.
 2. Selection: neurons whose attribution exceeds `threshold` x the largest one, at most `top_k`.
+   The paper refines this set by keeping neurons shared across several prompts of the same fact,
+   which removes neurons that merely react to the wording. Bi-ZsRE gives one edit prompt, so we
+   instead drop neurons that are about as active on unrelated questions asked with the same
+   template (mean |activation| over `REFERENCE_QUESTIONS` > `max_shared` x |activation here|).
+   Without this filter the top neurons are ones that fire on every answer position, and editing
+   them broke every other answer (locality_en F1 0.33 -> 0.88 on the first 6 test cases).
 3. Update ("updating facts"): each selected neuron's value vector (its column of mlp_out's
    (out, in) weight) moves away from the old answer's embedding and towards the new one's,
    v_i += sign(a_i) * c * (lambda_new * e_new - lambda_old * e_old), with e the (tied) output
    embeddings pulled back through the gains of the final norm and, in post-norm models such as
    Gemma, of the norm after the MLP (the transposed Jacobian of those diagonal gains: the direction
    that raises the new answer's logit fastest per unit change of the MLP output). The paper's
-   lambdas are absolute in BERT's space; here c is set so that the selected neurons together move
-   the layer's MLP output at the prompt's last position by `scale` times that output's norm.
+   lambdas are absolute in BERT's space, where embeddings and value vectors have similar norms;
+   here only their ratio sets the direction, and every selected neuron's update has the norm
+   `scale` x the layer's mean value-vector norm.
 The "old" answer is the unedited model's argmax after the prompt (Bi-ZsRE gives no ground truth).
 """
 
@@ -28,6 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from bizsre_tasks import prompts
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
 from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits
 from bizsre_tasks.editing.ft import check_layer_list, check_positive
@@ -36,6 +47,21 @@ from bizsre_tasks.errors import ConfigurationError
 logger = logging.getLogger(__name__)
 
 CHOICES = {"attribute_to": ("old", "new"), "target_tokens": ("first", "all")}
+
+# Unrelated questions whose activations tell which neurons fire on any question (see the docstring).
+REFERENCE_QUESTIONS = {
+    "en": [
+        "What is the capital of Canada?", "Who wrote the novel War and Peace?", "Which river flows through Cairo?",
+        "What language is spoken in Brazil?", "When did the Second World War end?", "Who painted the Mona Lisa?",
+        "What is the chemical symbol for gold?", "Which company makes the iPhone?", "In which country is Mount Fuji?",
+        "What sport does Lionel Messi play?", "Who is the author of Hamlet?", "What is the largest planet in the solar system?",
+    ],
+    "zh": [
+        "加拿大的首都是哪里？", "《战争与和平》的作者是谁？", "哪条河流经开罗？", "巴西说什么语言？",
+        "第二次世界大战是什么时候结束的？", "谁画了《蒙娜丽莎》？", "金的化学符号是什么？", "哪家公司生产iPhone？",
+        "富士山在哪个国家？", "梅西从事什么运动？", "《哈姆雷特》的作者是谁？", "太阳系中最大的行星是哪一颗？",
+    ],
+}
 
 
 def norm_gain(module: torch.nn.Module | None, dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -61,25 +87,30 @@ class KnowledgeNeurons(EditingMethod):
         # Keep neurons with attribution > threshold * max attribution, at most top_k of them.
         "threshold": 0.2,
         "top_k": 10,
-        # Whose probability the attribution explains: the unedited answer ("old", the paper) or the new one.
-        "attribute_to": "old",
+        # Drop neurons whose mean |activation| on unrelated questions exceeds this fraction of theirs here (0 = no filter).
+        "max_shared": 0.5,
+        # Whose probability the attribution explains: the new answer's first token, or the unedited
+        # argmax ("old", the paper's choice; here often a generic token such as " The").
+        "attribute_to": "new",
         "lambda_old": 1.0,
         "lambda_new": 8.0,
-        # Size of the change of each edited layer's MLP output at the prompt's last position, relative to its norm.
-        "scale": 2.0,
+        # Norm of each selected neuron's value-vector update, in units of the layer's mean value-vector norm.
+        "scale": 0.5,
         # Embedding of the new answer: its first token (the paper's single-token answers) or the mean of all.
         "target_tokens": "first",
         # Rows (IG steps x layers) per forward pass; bounds memory (each row holds a vocabulary of logits).
         "ig_batch": 64,
-        # An update larger than this multiple of the layer's mean value-vector norm counts as exploding.
-        "max_relative_update": 50.0,
     }
     family_hparams: ClassVar[dict[str, dict[str, Any]]] = {}
 
+    def __init__(self, context, hparams):
+        super().__init__(context, hparams)
+        self._shared_cache: dict = {}
+
     def validate_hparams(self) -> None:
         check_layer_list(self, "layers")
-        check_positive(self, "threshold", "scale", "max_relative_update")
-        check_positive(self, "lambda_old", "lambda_new", allow_zero=True)
+        check_positive(self, "threshold", "scale")
+        check_positive(self, "lambda_old", "lambda_new", "max_shared", allow_zero=True)
         for key in ("ig_steps", "top_k", "ig_batch"):
             if not isinstance(self.hparams[key], int) or self.hparams[key] < 1:
                 raise ConfigurationError(f"hparams '{key}' for method 'kn' must be an integer >= 1, got {self.hparams[key]!r}")
@@ -98,20 +129,14 @@ class KnowledgeNeurons(EditingMethod):
         return list(range(count // 2, count))
 
     # --- passes -------------------------------------------------------------------------------
-    def _hook_all(self, layers: list[int], make_pre=None, make_post=None) -> list:
-        handles = []
-        for layer in layers:
-            module = self.layout.module("mlp_out", layer)
-            if make_pre is not None:
-                handles.append(module.register_forward_pre_hook(make_pre(layer)))
-            if make_post is not None:
-                handles.append(module.register_forward_hook(make_post(layer)))
-        return handles
+    def _hook_all(self, layers: list[int], make_pre) -> list:
+        """A forward pre-hook on every layer's mlp_out (its input is the neurons' activations)."""
+        return [self.layout.module("mlp_out", layer).register_forward_pre_hook(make_pre(layer)) for layer in layers]
 
     @torch.no_grad()
     def _observe(self, prompt_ids: list[int], layers: list[int]):
-        """Neuron activations and MLP outputs at the last position, and the next-token logits."""
-        activations, outputs = {}, {}
+        """Neuron activations at the last position of each layer, and the next-token logits."""
+        activations = {}
 
         def pre(layer):
             def hook(module, args):
@@ -119,13 +144,7 @@ class KnowledgeNeurons(EditingMethod):
 
             return hook
 
-        def post(layer):
-            def hook(module, args, output):
-                outputs[layer] = output[0, -1].detach().clone()
-
-            return hook
-
-        handles = self._hook_all(layers, pre, post)
+        handles = self._hook_all(layers, pre)
         try:
             ids = torch.tensor([prompt_ids], device=self.context.device)
             hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state
@@ -133,7 +152,21 @@ class KnowledgeNeurons(EditingMethod):
         finally:
             for handle in handles:
                 handle.remove()
-        return activations, outputs, logits
+        return activations, logits
+
+    def _shared_activation(self, lang: str, layers: list[int]) -> dict[int, torch.Tensor]:
+        """Mean |activation| of every neuron at the last position of unrelated questions (cached per language)."""
+        cache = self._shared_cache
+        key = (lang, tuple(layers))
+        if key not in cache:
+            questions = REFERENCE_QUESTIONS.get(lang, REFERENCE_QUESTIONS["en"])
+            total: dict[int, torch.Tensor] = {}
+            for question in questions:
+                activations, _ = self._observe(encode_prompt(self.tokenizer, prompts.build_prompt(question, lang)), layers)
+                for layer, value in activations.items():
+                    total[layer] = total.get(layer, 0) + value.abs()
+            cache[key] = {layer: value / len(questions) for layer, value in total.items()}
+        return cache[key]
 
     def _prefix_cache(self, prompt_ids: list[int]):
         """KV cache of all prompt tokens but the last (None when the prompt is one token or caching fails)."""
@@ -177,7 +210,7 @@ class KnowledgeNeurons(EditingMethod):
 
                 return hook
 
-            handles = self._hook_all(layers, make_pre=pre)
+            handles = self._hook_all(layers, pre)
             try:
                 with torch.enable_grad():
                     if cache is not None:
@@ -200,13 +233,22 @@ class KnowledgeNeurons(EditingMethod):
                 grads[layer] += gradient.sum(0).detach()
         return {layer: activations[layer] * grads[layer] / steps for layer in layers}
 
-    def _select(self, attributions: dict[int, torch.Tensor]) -> list[tuple[int, int, float]]:
-        scores = [(layer, index, value) for layer, attr in attributions.items() for index, value in enumerate(attr.tolist())]
-        best = max((value for _, _, value in scores), default=0.0)
+    def _select(self, attributions, activations=None, shared=None) -> list[tuple[int, int, float]]:
+        """(layer, neuron, attribution) of the selected neurons, largest attribution first."""
+        eligible = {}
+        for layer, attr in attributions.items():
+            mask = attr > 0
+            if shared is not None and self.hparams["max_shared"] > 0:
+                mask &= shared[layer] <= self.hparams["max_shared"] * activations[layer].abs()
+            eligible[layer] = mask
+        best = max((float(attr[eligible[layer]].max()) for layer, attr in attributions.items() if eligible[layer].any()), default=0.0)
         if not best > 0:
             return []
-        kept = [s for s in scores if s[2] > self.hparams["threshold"] * best]
-        kept.sort(key=lambda s: -s[2])
+        kept = []
+        for layer, attr in attributions.items():
+            chosen = eligible[layer] & (attr > self.hparams["threshold"] * best)
+            kept += [(layer, int(i), float(attr[i])) for i in chosen.nonzero().flatten()]
+        kept.sort(key=lambda item: -item[2])
         return kept[: self.hparams["top_k"]]
 
     def _direction(self, layer: int, new_ids: list[int], old_id: int) -> torch.Tensor:
@@ -229,13 +271,14 @@ class KnowledgeNeurons(EditingMethod):
         target_ids = encode_target(self.tokenizer, request.target_text)
         if not target_ids:
             raise EditFailedError(f"kn: target {request.target_text!r} tokenises to nothing")
-        activations, outputs, logits = self._observe(prompt_ids, layers)
+        activations, logits = self._observe(prompt_ids, layers)
         old_id = int(logits.argmax())
         token = old_id if self.hparams["attribute_to"] == "old" else target_ids[0]
         attributions = self._integrated_gradients(prompt_ids, layers, activations, token)
-        selected = self._select(attributions)
+        shared = self._shared_activation(request.lang, layers) if self.hparams["max_shared"] > 0 else None
+        selected = self._select(attributions, activations, shared)
         if not selected:
-            raise EditFailedError("kn: no neuron has a positive attribution")
+            raise EditFailedError("kn: no neuron has a large enough attribution specific to this prompt")
         new_ids = target_ids[:1] if self.hparams["target_tokens"] == "first" else target_ids
         by_layer: dict[int, list[int]] = {}
         for layer, index, _ in selected:
@@ -243,7 +286,7 @@ class KnowledgeNeurons(EditingMethod):
         backup = WeightBackup({f"mlp_out.{layer}": self.layout.weight_parameter("mlp_out", layer) for layer in by_layer})
         try:
             for layer, neurons in by_layer.items():
-                self._update_values(layer, neurons, activations[layer], outputs[layer], new_ids, old_id)
+                self._update_values(layer, neurons, activations[layer], new_ids, old_id)
         except BaseException:
             backup.restore()
             raise
@@ -251,19 +294,15 @@ class KnowledgeNeurons(EditingMethod):
         return WeightEdit(backup)
 
     @torch.no_grad()
-    def _update_values(self, layer, neurons, activation, output, new_ids, old_id) -> None:
+    def _update_values(self, layer, neurons, activation, new_ids, old_id) -> None:
         weight = self.layout.weight_out_in("mlp_out", layer)  # (out, in): column i is neuron i's value vector
         index = torch.tensor(neurons, device=weight.device)
-        acts = activation[index]
-        total = acts.abs().sum()
-        coefficient = self.hparams["scale"] * output.norm() / total
-        if not torch.isfinite(coefficient):
-            raise EditFailedError(f"kn: selected neurons of layer {layer} are inactive; the update would be infinite")
-        direction = self._direction(layer, new_ids, old_id).to(weight.dtype)
-        update = coefficient * torch.sign(acts)[None, :] * direction[:, None]  # (out, k)
         typical = weight.norm(dim=0).mean()
-        if update.norm(dim=0).max() > self.hparams["max_relative_update"] * typical:
-            raise EditFailedError(
-                f"kn: exploding update in layer {layer} ({float(update.norm(dim=0).max()):.3g} vs typical value norm {float(typical):.3g})"
-            )
+        direction = self._direction(layer, new_ids, old_id).to(weight.dtype)
+        # The sign makes the neuron's contribution a_i * v_i move the right way when a_i < 0 (gated MLPs).
+        update = self.hparams["scale"] * typical * torch.sign(activation[index])[None, :] * direction[:, None]
+        if not torch.isfinite(update).all():
+            raise EditFailedError(f"kn: the update of layer {layer} is not finite")
         weight[:, index] += update
+        if not torch.isfinite(weight[:, index]).all():
+            raise EditFailedError(f"kn: the edited value vectors of layer {layer} are no longer finite")

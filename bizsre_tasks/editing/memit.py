@@ -63,32 +63,40 @@ def run_until(model, layers: torch.nn.ModuleList, batch: EditBatch, last: int) -
     return captured["h"]
 
 
-def pre_norm_target(norm: torch.nn.Module | None, values: torch.Tensor, change: torch.Tensor, iterations: int = 60) -> torch.Tensor:
-    """MLP outputs m* with norm(m*) ≈ norm(values) + change (rows are independent)."""
+def pre_norm_target(norm: torch.nn.Module | None, values: torch.Tensor, change: torch.Tensor, iterations: int = 100,
+                    proximity: float = 1e-3) -> torch.Tensor:
+    """MLP outputs m* with norm(m*) ≈ norm(values) + change, rows independent.
+
+    A scale-invariant norm (RMSNorm) maps a whole ray of m* to the same output; the proximity term
+    picks the point nearest the current output, so the update does not also rescale the value
+    (which would leak into every other key the update touches)."""
     values, change = values.float(), change.float()
     if norm is None:
         return values + change
     with torch.no_grad():
         wanted = norm(values) + change
-    x = values.clone().requires_grad_(True)
-    optimiser = torch.optim.LBFGS([x], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+        out_scale = wanted.pow(2).sum(-1, keepdim=True).clamp(min=1e-12)
+        in_scale = values.pow(2).sum(-1, keepdim=True).clamp(min=1e-12)
+    shift = torch.zeros_like(values, requires_grad=True)
+    optimiser = torch.optim.LBFGS([shift], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
 
     def closure():
         optimiser.zero_grad()
-        loss = ((norm(x) - wanted) ** 2).sum() / wanted.pow(2).sum().clamp(min=1e-12)
+        miss = ((norm(values + shift) - wanted) ** 2 / out_scale).sum()
+        loss = miss + proximity * (shift.pow(2) / in_scale).sum()
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimiser.step(closure)
-    return x.detach()
+    return (values + shift).detach()
 
 
 class Memit(KeyValueEditor):
     name = "memit"
     default_hparams: dict[str, Any] = {
         "layers": None,  # consecutive layers to edit; None: automatic (see AUTO_WINDOW)
-        "mom2_weight": 1000.0,  # λ in (λC + KKᵀ)⁻¹
+        "mom2_weight": 100.0,  # λ in (λC + KKᵀ)⁻¹
         **SHARED_HPARAMS,
     }
     family_hparams: dict[str, dict[str, Any]] = {}
