@@ -21,6 +21,7 @@ SUBCOMMANDS = {
     "make-tasks": ("bizsre_tasks.commands.make_tasks", "write task YAMLs for every language of a test file"),
     "sweep": ("bizsre_tasks.commands.sweep", "run lm_eval once per (method, edit language), resumable"),
     "report": ("bizsre_tasks.commands.report", "the paper's tables and radar charts from lm-eval results files"),
+    "stats": ("bizsre_tasks.commands.stats", "precompute ROME/MEMIT second-moment statistics"),
     "train": ("bizsre_tasks.commands.train", "train a SERAC or MEND editor on the training split"),
     "bench": ("bizsre_tasks.commands.bench", "speed and memory benchmark of the editing methods"),
     "run": ("bizsre_tasks.commands.run", "lm_eval with edited-hf registered and the Bi-ZsRE tasks included"),
