@@ -35,7 +35,7 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(cache_dir) if cache_dir else cache_root()) / "models" / "gemma3-270m-hf"
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -107,7 +107,7 @@ def convert_gguf_to_hf(gguf_path: Path, out_dir: Path) -> Path:
                 {
                     "conversion_version": CONVERSION_VERSION,
                     "source": str(gguf_path),
-                    "source_sha256": _file_sha256(gguf_path),
+                    "source_sha256": file_sha256(gguf_path),
                     "files": manifest,
                 },
                 indent=2,

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from bizsre_tasks.default_model import file_sha256
+
 from bizsre_tasks.editing.encoders import model_fingerprint
 from bizsre_tasks.errors import ConfigurationError
 
@@ -82,14 +84,6 @@ def data_fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(folder: str | os.PathLike, info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> Path:
     """Write weights, then the manifest (atomically); returns the folder."""
     from safetensors.torch import save_file
@@ -101,7 +95,7 @@ def save_checkpoint(folder: str | os.PathLike, info: CheckpointInfo, tensors: di
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, str(staging))
     staging.replace(folder / WEIGHTS)
     manifest = info.to_json()
-    manifest["weights"] = {"file": WEIGHTS, "sha256": _sha256(folder / WEIGHTS), "bytes": (folder / WEIGHTS).stat().st_size}
+    manifest["weights"] = {"file": WEIGHTS, "sha256": file_sha256(folder / WEIGHTS), "bytes": (folder / WEIGHTS).stat().st_size}
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     staging = folder / f".{MANIFEST}.tmp"
     staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
