@@ -35,7 +35,8 @@ from bizsre_tasks.editing.rome import (
 from bizsre_tasks.editing.second_moments import regularised
 from bizsre_tasks.errors import ConfigurationError
 
-# The automatic window: this many consecutive layers ending one above ROME's automatic layer.
+# The automatic window: this many consecutive layers ending at ROME's automatic layer (on the 270M
+# Gemma: 3,4,5; measured against 4,5,6, which generalised worse in Chinese and localised worse).
 AUTO_WINDOW = 3
 
 
@@ -104,7 +105,7 @@ class Memit(KeyValueEditor):
     def edit_layers(self) -> list[int]:
         layers = self.hparams["layers"]
         if layers is None:
-            top = min(self.layout.num_layers - 1, auto_layer(self.layout.model_type, self.layout.num_layers) + 1)
+            top = auto_layer(self.layout.model_type, self.layout.num_layers)
             return list(range(max(0, top - AUTO_WINDOW + 1), top + 1))
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ConfigurationError(f"hparams 'layers' must be a non-empty list of layer indices, got {layers!r}")
@@ -143,7 +144,7 @@ class Memit(KeyValueEditor):
             residuals = (targets - values.float()).double()  # R: (n, d_out)
             if not torch.isfinite(residuals).all():
                 raise EditFailedError(f"MEMIT: the target of layer {layer} is not finite")
-            cov = self._inverse_factors[layer]
+            cov = self._layer_stats[layer]
             system = self.hparams["mom2_weight"] * cov + keys.T.cpu() @ keys.cpu()
             update = torch.linalg.solve(system, keys.T.cpu() @ residuals.cpu()).T  # ΔW = R K (λC + KᵀK)⁻¹
             weight = self.layout.weight_out_in("mlp_out", layer)

@@ -343,7 +343,7 @@ class KeyValueEditor(EditingMethod):
     def __init__(self, context, hparams):
         super().__init__(context, hparams)
         self._prefixes: dict[str, list[str]] = {}
-        self._inverse_factors: dict[int, torch.Tensor] = {}
+        self._layer_stats: dict[int, torch.Tensor] = {}
         self.last_info: dict[str, Any] = {}
 
     # layers this method edits (after auto-resolution)
@@ -379,10 +379,11 @@ class KeyValueEditor(EditingMethod):
             max_length=self.hparams["stats_max_length"],
         )
         for layer, mom2 in moments.items():
-            self._inverse_factors[layer] = self._factor(layer, mom2)
+            self._layer_stats[layer] = self._factor(layer, mom2)
+        self.prefixes(self.context.edit_lang)
 
     def _factor(self, layer: int, mom2: torch.Tensor) -> torch.Tensor:
-        """Cholesky factor used for C⁻¹ (ROME) or kept as C (MEMIT overrides)."""
+        """What an edit needs of C: ROME its Cholesky factor (for C⁻¹k*); MEMIT overrides this to keep C."""
         factor, info = torch.linalg.cholesky_ex(second_moments.regularised(mom2))
         if int(info) != 0:
             raise ConfigurationError(f"key statistics of layer {layer} are not positive definite; recompute them with a larger corpus")
@@ -411,6 +412,8 @@ class KeyValueEditor(EditingMethod):
                 outputs = self.model.base_model(input_ids=tensor, use_cache=False)
                 hidden = outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
                 probs = torch.softmax(head_logits(self.model, hidden[0, -1]).float(), -1).cpu()
+                if not torch.isfinite(probs).all():
+                    raise EditFailedError("the model's next-token probabilities are not finite")
                 top = torch.topk(probs, 5)
                 token = int(top.indices[torch.multinomial(top.values / top.values.sum(), 1, generator=generator)])
                 generated.append(token)
@@ -435,13 +438,10 @@ class KeyValueEditor(EditingMethod):
         backup = WeightBackup({f"mlp_out.{layer}": self.layout.weight_parameter("mlp_out", layer) for layer in layers})
         try:
             self._edit(request)
-        except EditFailedError:
-            backup.restore()
-            raise
-        except (RuntimeError, torch.linalg.LinAlgError) as exc:  # a failed solve or factorisation
+        except torch.linalg.LinAlgError as exc:  # a singular or ill-conditioned solve
             backup.restore()
             raise EditFailedError(f"{self.name} could not compute the update: {exc}") from exc
-        except BaseException:
+        except BaseException:  # EditFailedError included: nothing half-edited survives
             backup.restore()
             raise
         return WeightEdit(backup)
@@ -468,7 +468,7 @@ class Rome(KeyValueEditor):
         result = optimise_delta(self, batch, layer)
         # k*: the mean key over the rewrite rows (prompt with and without prefixes).
         key = result.keys[: batch.n_rewrite].double().mean(0)
-        factor = self._inverse_factors[layer]
+        factor = self._layer_stats[layer]
         u = torch.cholesky_solve(key.unsqueeze(1).cpu(), factor).squeeze(1)  # C⁻¹ k*
         denominator = float(u @ key.cpu())
         if not math.isfinite(denominator) or denominator <= 1e-12:
