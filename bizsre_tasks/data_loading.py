@@ -8,7 +8,8 @@ Formats:
 - question<TAB>answer pairs (`.tsv`), one per line.
 
 Every problem is reported as a `DataFormatError` naming the file, the record index and the field,
-never as a bare KeyError and never by silently skipping a record.
+never as a bare KeyError and never by silently skipping a record. A test case is identified by its
+record index; a record that repeats another exactly, or repeats its optional `case_id`, is refused.
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def _parse_json(path: Path, data: bytes) -> Any:
         raise DataFormatError(path, f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
 
 
+def _visible(text: str) -> bool:
+    """Whether the text has a character a tokenizer can keep (not whitespace, control or zero-width)."""
+    return any(char.isprintable() and not char.isspace() for char in text)
+
+
 def _string_field(path: Path, index: int, container: dict, key: str, label: str, required: bool = True) -> str | None:
     if key not in container:
         if required:
@@ -119,6 +125,9 @@ def _string_field(path: Path, index: int, container: dict, key: str, label: str,
         raise DataFormatError(path, f"expected a string, got {type(value).__name__}", record=index, field=label)
     if not value.strip():
         raise DataFormatError(path, "empty string", record=index, field=label)
+    if not _visible(value):
+        # e.g. only zero-width spaces: many tokenizers drop them, leaving an answer of no tokens
+        raise DataFormatError(path, f"no visible characters in {value!r} (only whitespace, control or zero-width characters)", record=index, field=label)
     return value.strip()
 
 
@@ -158,9 +167,12 @@ def _load_test_set_cached(path_str: str, fingerprint: str, required_languages: t
         raise DataFormatError(path, "contains no test cases")
     languages: tuple[str, ...] | None = None
     cases = []
+    seen_records: dict[str, int] = {}
+    seen_ids: dict[Any, int] = {}
     for index, record in enumerate(raw):
         if not isinstance(record, dict):
             raise DataFormatError(path, f"expected an object with language parts, got {type(record).__name__}", record=index)
+        _check_not_repeated(path, index, record, seen_records, seen_ids)
         record_langs = tuple(key for key in record if key != "case_id")
         if languages is None:
             languages = record_langs
@@ -182,6 +194,24 @@ def _load_test_set_cached(path_str: str, fingerprint: str, required_languages: t
         parts = {lang: _parse_part(path, index, lang, record[lang]) for lang in languages}
         cases.append(TestCase(case_id=index, parts=parts))
     return TestSet(path=str(path), fingerprint=fingerprint, languages=tuple(languages), cases=tuple(cases))
+
+
+def _check_not_repeated(path: Path, index: int, record: dict, seen_records: dict[str, int], seen_ids: dict[Any, int]) -> None:
+    """Refuse a record that repeats an earlier one: every record is one case and would be counted twice."""
+    content = json.dumps(record, sort_keys=True, ensure_ascii=False)
+    if content in seen_records:
+        first = seen_records[content]
+        raise DataFormatError(path, f"repeats record {first} exactly (records {first} and {index} are identical); remove one", record=index)
+    seen_records[content] = index
+    if "case_id" not in record:
+        return
+    case_id = record["case_id"]
+    if isinstance(case_id, bool) or not isinstance(case_id, (str, int)):
+        raise DataFormatError(path, f"expected a string or integer, got {type(case_id).__name__}", record=index, field="case_id")
+    if case_id in seen_ids:
+        first = seen_ids[case_id]
+        raise DataFormatError(path, f"case_id {case_id!r} is also the case_id of record {first}; case ids must be unique", record=index, field="case_id")
+    seen_ids[case_id] = index
 
 
 def load_train_records(path: str | os.PathLike) -> list[TrainRecord]:
@@ -219,7 +249,9 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
         question, answer = columns[0].strip(), columns[1].strip()
         if not question:
             raise DataFormatError(path, "empty string", record=index, field="question")
-        if not answer:
+        if not _visible(question):
+            raise DataFormatError(path, f"no visible characters in {question!r}", record=index, field="question")
+        if not _visible(answer):
             unanswered.append(index)
             continue
         records.append(TrainRecord(src=question, alt=answer))
@@ -227,7 +259,7 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
         # The released Bi-ZsRE TSVs have 35 questions without an answer; nothing can be trained on
         # them, so they are left out, loudly.
         shown = ", ".join(str(i) for i in unanswered[:10]) + (" ..." if len(unanswered) > 10 else "")
-        logger.warning("%s: left out %d record(s) with an empty answer (records %s)", path, len(unanswered), shown)
+        logger.warning("%s: left out %d record(s) with an empty or invisible answer (records %s)", path, len(unanswered), shown)
     if not records:
         raise DataFormatError(path, "contains no usable question<TAB>answer records")
     return records

@@ -24,12 +24,14 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-from bizsre_tasks import run_state
+from bizsre_tasks import preflight, run_state
 from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingContext
+from bizsre_tasks.editing.common import context_limit
 from bizsre_tasks.editing.layout import ModelLayout
+from bizsre_tasks.editing.prefix_cache import shared_prefix_answers, shared_prefix_groups
 from bizsre_tasks.editing.registry import build_method, method_class, read_hparams_file
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.task_docs import PROTOCOLS
@@ -88,6 +90,7 @@ class EditedHFLM(HFLM):
         cross_case_batch: int = 32,
         **kwargs: Any,
     ) -> None:
+        test_file = kwargs.get("test_file")
         for key in list(kwargs):
             if key in TASK_ONLY_ARGS or key.startswith(TASK_ONLY_PREFIXES):
                 kwargs.pop(key)
@@ -99,6 +102,8 @@ class EditedHFLM(HFLM):
         edit_lang = str(edit_lang)
         if not LANG_CODE.match(edit_lang):
             raise ConfigurationError(f"edit_lang '{edit_lang}' is not a language code such as 'en' or 'zh'")
+        if test_file:  # the tasks read it only after the model is loaded
+            preflight.check_test_file(test_file, edit_lang)
         user_hparams = read_hparams_file(hparams)
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
@@ -155,15 +160,32 @@ class EditedHFLM(HFLM):
         contexts = [edit.rewrite_prompt(requests[i].args[0]) for i, edit in zip(indices, edits)]
         if self.protocol == "teacher_forced":
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
-            return teacher_forced_answers(self.model, self.tokenizer, contexts, targets, self._teacher_forcing_batch_size())
+            return self._teacher_forced(contexts, targets, edits)
         plain = [_Request(context, requests[i].args[1]) for context, i in zip(contexts, indices)]
         return super().generate_until(plain, disable_tqdm=True)
+
+    def _teacher_forced(self, contexts: list[str], targets: list[str], edits: list[AppliedEdit]) -> list[str]:
+        """Teacher-forced answers. The prompts of an edit with a `shared_prefix` are answered together,
+        computing that prefix once (for IKE several times faster than batching its long prompts across
+        cases); the others are batched across cases."""
+        batch_size = self._teacher_forcing_batch_size()
+        answers = [""] * len(contexts)
+        grouped: set[int] = set()
+        for prefix, positions in shared_prefix_groups(contexts, [edit.shared_prefix for edit in edits]).items():
+            suffixes, suffix_targets = [contexts[p][len(prefix) :] for p in positions], [targets[p] for p in positions]
+            self._store(answers, positions, shared_prefix_answers(self.model, self.tokenizer, prefix, suffixes, suffix_targets, batch_size))
+            grouped.update(positions)
+        rest = [p for p in range(len(contexts)) if p not in grouped]
+        rest_answers = teacher_forced_answers(self.model, self.tokenizer, [contexts[p] for p in rest], [targets[p] for p in rest], batch_size)
+        self._store(answers, rest, rest_answers)
+        return answers
 
     def _apply(self, case: CaseWork) -> AppliedEdit:
         torch.manual_seed(self.seed + case.case_number)
         self.edit_count += 1
         try:
-            return self.editor.apply(case.edit)
+            with context_limit(self.model, self.max_length):  # a method's own additions must fit too
+                return self.editor.apply(case.edit)
         except EditFailedError as exc:
             self._record_failure(case, str(exc))
             return AppliedEdit()
@@ -175,6 +197,10 @@ class EditedHFLM(HFLM):
 
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
         cases = plan_cases(requests)
+        # Untokenisable answers and questions too long for the model stop here, before any edit or stored answer.
+        preflight.check_requests(
+            requests, cases, self.tokenizer, self.max_length, self.protocol, self.max_gen_toks, check_edits=self.method_name != "none"
+        )
         run_state.FAILED_EDITS.clear()  # the harness asks once per evaluation; older failures are not ours
         answers: list[str | None] = [None] * len(requests)
         store = self._answer_store()

@@ -3,13 +3,15 @@
 `bizsre prepare` writes a one-line `.pth` file into site-packages. Python runs it at start-up; it
 only installs `_RegistryWatcher`, a meta-path finder that waits for `lm_eval.api.registry` to be
 imported and then registers `edited-hf` as a lazy placeholder (the wrapper module itself is imported
-only when a user asks for that model). Nothing else is imported at start-up.
+only when a user asks for that model). Nothing else is imported at start-up. Registering also makes
+an uncaught `BizsreError` (bad data or arguments) end `lm_eval` with its one-line message.
 """
 
 from __future__ import annotations
 
 import importlib.abc
 import importlib.util
+import os
 import site
 import sys
 import sysconfig
@@ -33,6 +35,26 @@ def register_model() -> None:
 
     if MODEL_NAME not in model_registry:
         model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    _install_error_hook()
+
+
+def _install_error_hook() -> None:
+    """A bad file or argument (BizsreError) ends a plain `lm_eval` with its one-line message, not a
+    traceback (exit status 1; BIZSRE_TRACEBACK=1 keeps the traceback). Other errors are untouched."""
+    previous = sys.excepthook
+    if getattr(previous, "_bizsre", False):
+        return
+
+    def hook(kind, error, traceback):
+        from bizsre_tasks.errors import BizsreError
+
+        if isinstance(error, BizsreError) and not os.environ.get("BIZSRE_TRACEBACK"):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {error}", file=sys.stderr)
+        else:
+            previous(kind, error, traceback)
+
+    hook._bizsre = True
+    sys.excepthook = hook
 
 
 class _RegistryWatcher(importlib.abc.MetaPathFinder):

@@ -20,6 +20,13 @@ from typing import Any
 from bizsre_tasks import data_loading, metrics, prompts, run_state
 
 SPLITS = ("reliability", "generality", "locality", "portability")
+# The record fields behind each split's question and target (named in error messages).
+SPLIT_FIELDS = {
+    "reliability": ("src", "alt"),
+    "generality": ("rephrase", "alt"),
+    "locality": ("loc", "loc_ans"),
+    "portability": ("portability.New Question", "portability.New Answer"),
+}
 DEFAULT_EDIT_LANG = "en"
 PROTOCOLS = ("generate", "teacher_forced")
 
@@ -34,6 +41,12 @@ def _split_question_and_target(part: data_loading.LanguagePart, split: str) -> t
     if split == "portability":
         return part.portability_question, part.portability_answer
     raise ValueError(f"unknown Bi-ZsRE split '{split}'; expected one of {', '.join(SPLITS)}")
+
+
+def doc_field(doc: dict[str, Any], which: str) -> str:
+    """The record field of a document's `question` or `target`, e.g. 'zh.loc_ans'."""
+    question_field, target_field = SPLIT_FIELDS[doc["split"]]
+    return f"{doc['lang']}.{question_field if which == 'question' else target_field}"
 
 
 def edit_lang_from(metadata: dict[str, Any]) -> str:
@@ -85,6 +98,7 @@ def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
         docs.append(
             {
                 "case_id": case.case_id,
+                "source_file": str(path),
                 "case_key": f"{test_set.fingerprint}:{edit_lang}:{case.case_id}",
                 "split": split,
                 "lang": lang,

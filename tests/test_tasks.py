@@ -91,7 +91,7 @@ def test_make_tasks_for_made_up_language_pair(tmp_path):
         "loc": "Who?", "loc_ans": "Me", "portability": {"New Question": "Q?", "New Answer": "A"},
     }
     data = tmp_path / "pair.json"
-    data.write_text(json.dumps([{"en": case, "qx": case}, {"en": case, "qx": case}]))
+    data.write_text(json.dumps([{"en": case, "qx": case}, {"en": {**case, "alt": "Venus"}, "qx": case}]))  # records must differ
     written = task_generation.make_tasks_for_file(data, tmp_path / "tasks")
     names = sorted(p.name for p in written)
     assert "bizsre_generality_qx.yaml" in names and "_bizsre_en_qx.yaml" in names

@@ -43,8 +43,10 @@ def build_tokenizer(folder: Path):
     return tokenizer
 
 
-def build_tiny_model(folder: Path, family: str = "gemma3_text", seed: int = 0) -> Path:
-    """Save a tiny random causal LM of `family` (gemma3_text, llama, gpt2) with the tiny tokenizer."""
+def build_tiny_model(folder: Path, family: str = "gemma3_text", seed: int = 0, context: int = 512) -> Path:
+    """Save a tiny random causal LM of `family` (gemma3_text, llama, gpt2) with the tiny tokenizer.
+
+    `context` is the model's context window (max_position_embeddings / n_positions)."""
     from transformers import AutoModelForCausalLM, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     folder = Path(folder)
@@ -55,15 +57,15 @@ def build_tiny_model(folder: Path, family: str = "gemma3_text", seed: int = 0) -
     if family == "gemma3_text":
         config = Gemma3TextConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-            head_dim=16, max_position_embeddings=512, sliding_window=64, **common,
+            head_dim=16, max_position_embeddings=context, sliding_window=64, **common,
         )
     elif family == "llama":
         config = LlamaConfig(
             hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1,
-            max_position_embeddings=512, **common,
+            max_position_embeddings=context, **common,
         )
     elif family == "gpt2":
-        config = GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=512, **common)
+        config = GPT2Config(n_embd=32, n_layer=4, n_head=2, n_positions=context, **common)
     else:
         raise ValueError(family)
     torch.manual_seed(seed)

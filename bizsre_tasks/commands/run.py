@@ -27,9 +27,14 @@ def run_lm_eval(argv: list[str]) -> int:
         argv = [*argv, "--include_path", str(BUNDLED_DIR)]
     from lm_eval.__main__ import cli_evaluate
 
+    from bizsre_tasks.errors import BizsreError
+
     sys.argv = ["lm_eval", *argv]
     try:
         result = cli_evaluate()
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    except BizsreError as exc:  # bad data or arguments: one line, as every other bizsre command
+        print(f"bizsre run: error: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0) if isinstance(result, int) else 0

@@ -79,6 +79,10 @@ class EditingContext:
 class AppliedEdit:
     """An edit in force. The default changes nothing and restores nothing."""
 
+    # Text that `rewrite_prompt` puts in front of every prompt (in-context methods), or None. The
+    # wrapper may then compute it once for all the case's questions (`prefix_cache`).
+    shared_prefix: str | None = None
+
     def rewrite_prompt(self, prompt: str) -> str:
         return prompt
 

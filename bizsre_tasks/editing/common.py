@@ -6,9 +6,15 @@ these helpers run the transformer body once and apply the head only at the posit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+
+from bizsre_tasks.editing.base import EditFailedError
+
+# Config attributes that hold a model's context length, in the order lm-eval's HFLM reads them.
+CONTEXT_LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
 
 
 @dataclass
@@ -20,6 +26,7 @@ class PromptTargetBatch:
     target_ids: torch.Tensor  # (B, T) padded with -100
     positions: torch.Tensor  # (B, T) index of the logit predicting each target token (0 where padded)
     prompt_lengths: list[int]
+    truncated: list[int] = field(default_factory=list)  # rows whose prompt was left-truncated to fit
 
     @property
     def target_mask(self) -> torch.Tensor:
@@ -37,13 +44,42 @@ def encode_target(tokenizer, target_text: str) -> list[int]:
     return ids
 
 
-def build_batch(tokenizer, prompts: list[str], target_texts: list[str], device: torch.device | str = "cpu") -> PromptTargetBatch:
-    rows, targets, prompt_lengths = [], [], []
-    for prompt, target_text in zip(prompts, target_texts):
+def context_length(model) -> int | None:
+    """The model's context window from its config; None when the config declares none."""
+    config = getattr(model.config, "text_config", None) or model.config
+    for attr in CONTEXT_LENGTH_ATTRS:
+        value = getattr(config, attr, None)
+        if value:
+            return int(value)
+    return None
+
+
+def left_truncate(prompt_ids: list[int], room: int, bos_id: int | None) -> list[int]:
+    """The last `room` prompt tokens, keeping a leading BOS (Gemma, for one, degrades without it)."""
+    if len(prompt_ids) <= room:
+        return prompt_ids
+    if room < 1:
+        raise ValueError(f"no room left for the prompt ({room} of the context after the target)")
+    if bos_id is not None and prompt_ids[0] == bos_id and room >= 2:
+        return [bos_id] + prompt_ids[len(prompt_ids) - room + 1 :]
+    return prompt_ids[len(prompt_ids) - room :]
+
+
+def build_batch(
+    tokenizer, prompts: list[str], target_texts: list[str], device: torch.device | str = "cpu", max_length: int | None = None
+) -> PromptTargetBatch:
+    """Prompt+target rows; with `max_length`, prompts are left-truncated so that every row fits it."""
+    rows, targets, prompt_lengths, truncated = [], [], [], []
+    for row_index, (prompt, target_text) in enumerate(zip(prompts, target_texts)):
         prompt_ids = encode_prompt(tokenizer, prompt)
         target_ids = encode_target(tokenizer, target_text)
         if not target_ids:
             raise ValueError(f"target {target_text!r} tokenises to nothing")
+        if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
+            if len(target_ids) >= max_length:
+                raise ValueError(f"target {target_text!r} has {len(target_ids)} tokens, the model's context only {max_length}")
+            prompt_ids = left_truncate(prompt_ids, max_length - len(target_ids), tokenizer.bos_token_id)
+            truncated.append(row_index)
         rows.append(prompt_ids + target_ids)
         targets.append(target_ids)
         prompt_lengths.append(len(prompt_ids))
@@ -60,8 +96,46 @@ def build_batch(tokenizer, prompts: list[str], target_texts: list[str], device: 
         target_ids[b, : len(target)] = torch.tensor(target)
         positions[b, : len(target)] = torch.arange(prompt_length - 1, prompt_length - 1 + len(target))
     return PromptTargetBatch(
-        input_ids.to(device), attention_mask.to(device), target_ids.to(device), positions.to(device), prompt_lengths
+        input_ids.to(device), attention_mask.to(device), target_ids.to(device), positions.to(device), prompt_lengths, truncated
     )
+
+
+def _sequence_end(args: tuple, kwargs: dict) -> int:
+    """One past the last position a forward pass of the transformer body reaches."""
+    position_ids = kwargs.get("position_ids")
+    if position_ids is not None and position_ids.numel():
+        return int(position_ids.max()) + 1
+    input_ids = kwargs.get("input_ids", args[0] if args else None)
+    embeds = kwargs.get("inputs_embeds")
+    length = 0
+    if input_ids is not None:
+        length = input_ids.shape[-1]
+    elif embeds is not None:
+        length = embeds.shape[-2]
+    past = kwargs.get("past_key_values")
+    past_length = past.get_seq_length() if hasattr(past, "get_seq_length") else 0
+    return int(past_length) + int(length)
+
+
+@contextmanager
+def context_limit(model, max_length: int):
+    """Inside, a forward pass beyond `max_length` positions raises EditFailedError.
+
+    Methods add text of their own around the edit prompt (ROME's prefixes). Past the context a model
+    with learned positions (GPT-2) stops with an IndexError deep in torch, and one with rotary
+    positions degrades silently; either way the edit is not the one asked for, so it fails cleanly.
+    """
+
+    def check(module, args, kwargs):
+        end = _sequence_end(args, kwargs)
+        if end > max_length:
+            raise EditFailedError(f"the edit's input reaches {end} positions, beyond the model's context of {max_length}")
+
+    handle = model.base_model.register_forward_pre_hook(check, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

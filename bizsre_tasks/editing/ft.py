@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, head_logits, logits_at, requires_grad_only
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, head_logits, logits_at, naive_mode, requires_grad_only
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class UpperStack:
     One no_grad pass of the full body records, for every layer from `first` on, the arguments it
     was called with; `logits()` then re-runs only those layers (so gradients reach weights in them)
     plus the final norm and the LM head. If the architecture does not call its layers as
-    submodules in order (nothing was recorded), it falls back to the full forward pass.
+    submodules in order (nothing was recorded), it falls back to the full forward pass, as it does
+    in `naive_mode()`.
     """
 
     def __init__(self, model, layout, first: int, batch: PromptTargetBatch):
@@ -65,6 +66,15 @@ class UpperStack:
         self.layers = list(layout.module("layers"))[first:]
         self.final_norm = layout.module("final_norm")
         self.calls: list[tuple[tuple, dict]] = []
+        self.cached_input: torch.Tensor | None = None
+        if naive_mode():
+            # The benchmark's textbook path reuses nothing: every step runs the full model.
+            return
+        self._record()
+
+    def _record(self) -> None:
+        """One no_grad pass of the full body; keeps the inputs of every layer from `first` on."""
+        model, batch = self.model, self.batch
         recorded: dict[int, tuple[tuple, dict]] = {}
 
         def recorder(index: int):
@@ -80,7 +90,6 @@ class UpperStack:
         finally:
             for handle in handles:
                 handle.remove()
-        self.cached_input: torch.Tensor | None = None
         if len(recorded) == len(self.layers):
             calls = [recorded[i] for i in range(len(self.layers))]
             first_args, first_kwargs = calls[0]

@@ -37,8 +37,8 @@ class InContextEdit(AppliedEdit):
 
     @property
     def shared_prefix(self) -> str:
-        """Every prompt becomes `shared_prefix + prompt`: answering can compute this prefix once per case
-        (`prefix_cache.shared_prefix_answers`)."""
+        """Every prompt becomes `shared_prefix + prompt`: teacher-forced answering computes this prefix
+        once per case (`prefix_cache.shared_prefix_answers`)."""
         return self.context_text
 
     def rewrite_prompt(self, prompt: str) -> str:

@@ -10,7 +10,7 @@
        attr_i = a_i * mean_k dP(answer | a := k/m * a) / da_i.
    All steps of all layers run as one batch. The perturbation sits at the last position only and
    attention is causal, so the prompt's earlier positions are run once and reused as a KV cache;
-   each row of the batch is a single token.
+   each row of the batch is a single token (in the benchmark's naive mode, the whole prompt).
 2. Selection: neurons whose attribution exceeds `threshold` x the largest one, at most `top_k`.
    The paper refines this set by keeping neurons shared across several prompts of the same fact,
    which removes neurons that merely react to the wording. Bi-ZsRE gives one edit prompt, so we
@@ -40,7 +40,7 @@ import torch
 
 from bizsre_tasks import prompts
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits
+from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits, naive_mode
 from bizsre_tasks.editing.ft import check_layer_list, check_positive
 from bizsre_tasks.errors import ConfigurationError
 
@@ -185,7 +185,8 @@ class KnowledgeNeurons(EditingMethod):
         device = self.context.device
         rows = [(layer, (k + 1) / steps) for layer in layers for k in range(steps)]
         grads = {layer: torch.zeros_like(activations[layer]) for layer in layers}
-        cache = self._prefix_cache(prompt_ids)
+        # The benchmark's textbook path reuses nothing: every row runs the whole prompt.
+        cache = None if naive_mode() else self._prefix_cache(prompt_ids)
         chunk = self.hparams["ig_batch"]
         # No progress bar: one edit takes seconds and the wrapper already shows progress per case.
         for start in range(0, len(rows), chunk):

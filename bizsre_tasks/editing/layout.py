@@ -94,7 +94,9 @@ class ModelLayout:
         return len(self.module("layers"))
 
     def check_layer(self, layer: int, label: str) -> None:
-        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise ConfigurationError(f"hparams '{label}' expects a layer index 0..{self.num_layers - 1}, got {layer!r}")
+        if not 0 <= layer < self.num_layers:
             raise ConfigurationError(f"hparams '{label}': layer {layer!r} is out of range; this model has layers 0..{self.num_layers - 1}")
 
     def weight_out_in(self, part: str, layer: int) -> torch.Tensor:

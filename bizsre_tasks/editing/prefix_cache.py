@@ -1,12 +1,18 @@
-"""Teacher-forced answers for many prompts that share one long prefix (IKE's demonstrations).
+"""Teacher-forced answers for prompts that share one long prefix (IKE's demonstrations).
 
-IKE asks every question of a case after the same ~350-token context. Answering each prompt in full
-recomputes that context each time; here it runs once, its key/value cache is kept, and only each
-question (~25 tokens) and its target run on top of it. Same argmax answers as
-`teacher_forcing.teacher_forced_answers` (up to float rounding), at a fraction of the cost.
+An applied edit may declare a `shared_prefix` (`base.AppliedEdit`): every prompt it rewrites starts
+with that text. IKE's is its ~350 tokens of demonstrations and new fact, in front of a ~25-token
+question. In the teacher_forced protocol the wrapper (`EditedHFLM._teacher_forced`) then answers
+that edit's requests with `shared_prefix_answers`: the prefix runs once, its key/value cache is
+kept, and only each question and its target run on top of it, batched. The answers are those of
+`teacher_forcing.teacher_forced_answers` on the full prompts (same tokens; up to float rounding).
 
-Not wired into the wrapper yet: `EditedHFLM._answer` can call `shared_prefix_answers` for the
-requests of one case whose edit has a `shared_prefix` (IKE's `InContextEdit`).
+The prompts of an edit are grouped together instead of being batched across cases (`cross_case_batch`
+still sets how many cases share a chunk; `batch_size` how many questions run on one copy of the cache).
+Measured with IKE on the default model, CPU, one thread, 6 cases of 9 requests: 11.8 s per case
+batched across cases in full, 3.2 s with the prefix cache, with the same 54 answers.
+Prompts whose tokens do not start with the prefix's own tokens (a token merged across the cut),
+models that return no cache, and the benchmark's naive mode answer the full prompts instead.
 """
 
 from __future__ import annotations
@@ -15,31 +21,71 @@ import copy
 
 import torch
 
-from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits
-from bizsre_tasks.teacher_forcing import teacher_forced_answers
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, head_logits, logits_at, naive_mode
+from bizsre_tasks.teacher_forcing import argmax_answers
+
+
+def shared_prefix_groups(prompts: list[str], prefixes: list[str | None]) -> dict[str, list[int]]:
+    """Positions of `prompts` grouped by the shared prefix declared for each (None: none).
+
+    A prefix that one of its prompts does not start with forms no group: those prompts are answered in full.
+    """
+    groups: dict[str, list[int]] = {}
+    for position, prefix in enumerate(prefixes):
+        if prefix:
+            groups.setdefault(prefix, []).append(position)
+    return {prefix: positions for prefix, positions in groups.items() if all(prompts[p].startswith(prefix) for p in positions)}
 
 
 @torch.no_grad()
-def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], target_texts: list[str]) -> list[str]:
+def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], target_texts: list[str], batch_size: int = 8) -> list[str]:
     """Argmax answers at the gold target positions for `prefix + prompt`, computing the prefix once."""
-    if not prompts:
-        return []
-    prefix_ids = encode_prompt(tokenizer, prefix)
-    rows = [encode_prompt(tokenizer, prefix + prompt) for prompt in prompts]
-    if len(prefix_ids) < 2 or any(row[: len(prefix_ids)] != prefix_ids or len(row) == len(prefix_ids) for row in rows):
-        # The prompt's first token merges with the prefix's last one: no clean cut, answer in full.
-        return teacher_forced_answers(model, tokenizer, [prefix + p for p in prompts], target_texts)
     device = next(model.parameters()).device
-    body = model.base_model
-    # The last prefix token is left for the suffix, so each suffix predicts from its own first position.
+    full_prompts = [prefix + prompt for prompt in prompts]
+    batches = [
+        # Prompts past the context lose their beginning (then no row starts with the prefix: no cache).
+        build_batch(tokenizer, full_prompts[start : start + batch_size], target_texts[start : start + batch_size], device, context_length(model))
+        for start in range(0, len(prompts), batch_size)
+    ]
+    prefix_ids = encode_prompt(tokenizer, prefix)
+    # The prefix's last token is left to the rows, so every row predicts its first target token itself.
     cut = len(prefix_ids) - 1
-    cached = body(input_ids=torch.tensor([prefix_ids[:cut]], device=device), use_cache=True).past_key_values
-    answers = []
-    for row, target_text in zip(rows, target_texts):
-        target = encode_target(tokenizer, target_text)
-        suffix = row[cut:] + target
-        hidden = body(input_ids=torch.tensor([suffix], device=device), past_key_values=copy.deepcopy(cached), use_cache=True).last_hidden_state
-        start = len(row) - cut - 1  # position predicting the first target token
-        logits = head_logits(model, hidden[:, start : start + len(target)])
-        answers.append(tokenizer.decode(logits.argmax(-1)[0].tolist(), skip_special_tokens=True).strip())
+    cache = None
+    if cut > 0 and batches and not naive_mode() and all(_starts_with(batch, prefix_ids) for batch in batches):
+        cache = _cache(model, prefix_ids[:cut], device)
+    answers: list[str] = []
+    for batch in batches:
+        if cache is None:
+            logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.positions)
+        else:
+            logits = _logits_after_cache(model, batch, cache, cut)
+        answers += argmax_answers(tokenizer, logits, batch)
     return answers
+
+
+def _starts_with(batch: PromptTargetBatch, prefix_ids: list[int]) -> bool:
+    """Whether every row's prompt tokens begin with the prefix's own tokens (no token spans the cut)."""
+    width = len(prefix_ids)
+    if min(batch.prompt_lengths) < width:
+        return False
+    expected = torch.tensor(prefix_ids, device=batch.input_ids.device)
+    return bool((batch.input_ids[:, :width] == expected).all())
+
+
+def _cache(model, ids: list[int], device):
+    outputs = model.base_model(input_ids=torch.tensor([ids], device=device), use_cache=True)
+    return getattr(outputs, "past_key_values", None)
+
+
+def _logits_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> torch.Tensor:
+    """Logits at the target positions, running only the columns from `cut` on over a copy of the cache."""
+    rows = batch.input_ids.shape[0]
+    past = copy.deepcopy(cache)  # the forward appends to the cache it is given
+    past.batch_repeat_interleave(rows)
+    outputs = model.base_model(
+        input_ids=batch.input_ids[:, cut:], attention_mask=batch.attention_mask, past_key_values=past, use_cache=True
+    )
+    hidden = outputs.last_hidden_state
+    # Padded target slots hold position 0; clamped, they point anywhere in the row and are masked when decoded.
+    positions = (batch.positions - cut).clamp(min=0)
+    return head_logits(model, hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))

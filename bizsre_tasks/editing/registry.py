@@ -56,12 +56,19 @@ def read_hparams_file(path: str | Path | None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigurationError(f"hparams file {path}: invalid YAML ({exc})") from None
+        raise ConfigurationError(f"hparams file {path}: invalid YAML {_yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigurationError(f"hparams file {path}: expected a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: where, then what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{getattr(exc, 'problem', None) or exc}".split())
 
 
 def _type_ok(default: Any, value: Any) -> bool:

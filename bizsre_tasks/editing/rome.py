@@ -19,7 +19,8 @@ subject token sits in the same column everywhere; the columns before it cannot b
 they are run once into a key/value cache, and every step runs only the columns from the subject on.
 Within those, the layers below L compute the same thing every step and are replayed from the first
 step (`LayerReplay`). The LM head is applied only at the target positions and the KL position, and
-the optimisation stops once the target NLL is low.
+the optimisation stops once the target NLL is low. In `common.naive_mode()` (the benchmark's
+textbook path) neither the prefix cache nor the replay is used: every step runs all columns and layers.
 
 This module also holds the pieces MEMIT (memit.py) shares: the edit batch, the δ optimisation and
 the statistics loading.
@@ -37,7 +38,7 @@ import torch
 
 from bizsre_tasks.editing import second_moments
 from bizsre_tasks.editing.base import EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import encode_prompt, encode_target, find_subject_last_token, head_logits
+from bizsre_tasks.editing.common import encode_prompt, encode_target, find_subject_last_token, head_logits, naive_mode
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,9 @@ def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> Delta
     """Find δ for `mlp_out` of `layer` (see the module docstring); raises EditFailedError on NaN/inf."""
     hp = method.hparams
     model, layout = method.model, method.layout
-    replay = LayerReplay(layout.module("layers"), layer)
+    # The benchmark's textbook path reuses nothing: no layer is replayed, no prefix is cached.
+    naive = naive_mode()
+    replay = LayerReplay(layout.module("layers"), 0 if naive else layer)
     mask = batch.target_mask
     state: dict[str, Any] = {}
 
@@ -289,7 +292,7 @@ def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> Delta
         return state["scale"] * state["theta"]
 
     # The columns before the subject, once: δ cannot reach them. Without a cache, every step runs all columns.
-    prefix_cache = batch.prefix_cache(model)
+    prefix_cache = None if naive else batch.prefix_cache(model)
     start = batch.split if prefix_cache is not None else 0
     nll_value, steps, original_kl, optimiser = math.inf, 0, None, None
     with DeltaAtSubject(layout.module("mlp_out", layer), batch.split - start, make_delta) as probe, torch.enable_grad():

@@ -24,7 +24,7 @@ class MatplotlibMissing(BizsreError):
     pass
 
 
-def _pyplot():
+def headless_pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -36,7 +36,7 @@ def _pyplot():
 
 
 def write_radar(runs: list[RunResult], languages: list[str], title: str, path: Path) -> Path:
-    plt = _pyplot()
+    plt = headless_pyplot()
     metrics = metric_columns(languages)
     angles = [2 * math.pi * i / len(metrics) for i in range(len(metrics))]
     edit_langs = ordered([run.edit_lang for run in runs], list(languages))
