@@ -20,32 +20,27 @@ from typing import Any
 from bizsre_tasks import data_loading, metrics, prompts, run_state
 
 SPLITS = ("reliability", "generality", "locality", "portability")
-# The record fields behind each split's question and target (named in error messages).
+# Each split's question and target: the LanguagePart attribute and, for error messages, the record field.
 SPLIT_FIELDS = {
-    "reliability": ("src", "alt"),
-    "generality": ("rephrase", "alt"),
-    "locality": ("loc", "loc_ans"),
-    "portability": ("portability.New Question", "portability.New Answer"),
+    "reliability": (("src", "src"), ("alt", "alt")),
+    "generality": (("rephrase", "rephrase"), ("alt", "alt")),
+    "locality": (("loc", "loc"), ("loc_ans", "loc_ans")),
+    "portability": (("portability_question", "portability.New Question"), ("portability_answer", "portability.New Answer")),
 }
 DEFAULT_EDIT_LANG = "en"
 PROTOCOLS = ("generate", "teacher_forced")
 
 
 def _split_question_and_target(part: data_loading.LanguagePart, split: str) -> tuple[str, str]:
-    if split in ("reliability",):
-        return part.src, part.alt
-    if split == "generality":
-        return part.rephrase, part.alt
-    if split == "locality":
-        return part.loc, part.loc_ans
-    if split == "portability":
-        return part.portability_question, part.portability_answer
-    raise ValueError(f"unknown Bi-ZsRE split '{split}'; expected one of {', '.join(SPLITS)}")
+    if split not in SPLIT_FIELDS:
+        raise ValueError(f"unknown Bi-ZsRE split '{split}'; expected one of {', '.join(SPLITS)}")
+    (question_attr, _), (target_attr, _) = SPLIT_FIELDS[split]
+    return getattr(part, question_attr), getattr(part, target_attr)
 
 
 def doc_field(doc: dict[str, Any], which: str) -> str:
     """The record field of a document's `question` or `target`, e.g. 'zh.loc_ans'."""
-    question_field, target_field = SPLIT_FIELDS[doc["split"]]
+    (_, question_field), (_, target_field) = SPLIT_FIELDS[doc["split"]]
     return f"{doc['lang']}.{question_field if which == 'question' else target_field}"
 
 

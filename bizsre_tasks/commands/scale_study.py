@@ -12,15 +12,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from bizsre_tasks.commands.sweep import _list, _pairs
+from bizsre_tasks.commands.sweep import comma_list, key_value_pairs, train_files_from
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--output", required=True, help="study folder: points/, checkpoints/, runs/, summary.csv, summary.md, training_scale.png")
     add("--sizes", default="100,500,1000,3000,5000", help="training examples per point, comma-separated; 1K = 1000 (default 100,500,1K,3K,5K)")
-    add("--methods", default="serac,mend,ike", type=_list, help="any of serac,mend,ike (default: all three)")
-    add("--edit-langs", default="en,zh", type=_list, help="edit languages (default en,zh)")
+    add("--methods", default="serac,mend,ike", type=comma_list, help="any of serac,mend,ike (default: all three)")
+    add("--edit-langs", default="en,zh", type=comma_list, help="edit languages (default en,zh)")
     add("--train-file-en", help="training file for English edits (default $BIZSRE_TRAIN_FILE)")
     add("--train-file-zh", help="training file for Chinese edits (default $BIZSRE_TRAIN_FILE)")
     add("--aligned-file", action="append", default=[], metavar="METHOD_LANG=FILE",
@@ -41,16 +41,16 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 def options_from(args: argparse.Namespace):
     from bizsre_tasks.scale_study import ScaleOptions, parse_sizes
 
-    train_args = {method: shlex.split(text) for method, text in _pairs(args.train_args, "--train-args", "METHOD=OPTIONS").items()}
+    train_args = {method: shlex.split(text) for method, text in key_value_pairs(args.train_args, "--train-args", "METHOD=OPTIONS").items()}
     return ScaleOptions(
         output=Path(args.output),
         sizes=parse_sizes(args.sizes),
         methods=args.methods,
         edit_langs=args.edit_langs,
-        train_files={lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path},
-        aligned_files=_pairs(args.aligned_file, "--aligned-file", "METHOD_LANG=FILE"),
+        train_files=train_files_from(args),
+        aligned_files=key_value_pairs(args.aligned_file, "--aligned-file", "METHOD_LANG=FILE"),
         train_args=train_args,
-        hparams=_pairs(args.hparams, "--hparams", "METHOD=YAML"),
+        hparams=key_value_pairs(args.hparams, "--hparams", "METHOD=YAML"),
         test_file=args.test_file,
         limit=args.limit,
         pretrained=args.pretrained,

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 
 
-def _list(text: str) -> list[str]:
+def comma_list(text: str) -> list[str]:
     return [item.strip().lower() for item in text.split(",") if item.strip()]
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", required=True, type=_list, help="comma-separated editing methods, e.g. none,ft,ike,kn,rome,memit")
-    parser.add_argument("--edit-langs", default="en,zh", type=_list, help="comma-separated edit languages (default: en,zh)")
+    parser.add_argument("--methods", required=True, type=comma_list, help="comma-separated editing methods, e.g. none,ft,ike,kn,rome,memit")
+    parser.add_argument("--edit-langs", default="en,zh", type=comma_list, help="comma-separated edit languages (default: en,zh)")
     parser.add_argument("--output", required=True, help="sweep folder; run folders <method>_<edit_lang>/ go inside")
     parser.add_argument("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
     parser.add_argument("--limit", type=int, help="first N test cases per run (default: all)")
@@ -32,7 +32,12 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
 
 
-def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
+def train_files_from(args: argparse.Namespace) -> dict[str, str]:
+    """Edit language -> training file, from --train-file-en / --train-file-zh (only those given)."""
+    return {lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path}
+
+
+def key_value_pairs(items: list[str], option: str, form: str) -> dict[str, str]:
     from bizsre_tasks.errors import ConfigurationError
 
     pairs = {}
@@ -47,9 +52,9 @@ def _pairs(items: list[str], option: str, form: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     from bizsre_tasks.sweep import SweepOptions, parse_key_values, run_sweep
 
-    hparams = _pairs(args.hparams, "--hparams", "METHOD=YAML")
-    checkpoints = _pairs(args.checkpoint, "--checkpoint", "METHOD_LANG=DIR")
-    train_files = {lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path}
+    hparams = key_value_pairs(args.hparams, "--hparams", "METHOD=YAML")
+    checkpoints = key_value_pairs(args.checkpoint, "--checkpoint", "METHOD_LANG=DIR")
+    train_files = train_files_from(args)
     options = SweepOptions(
         output=Path(args.output),
         methods=args.methods,
