@@ -271,6 +271,7 @@ class EditedHFLM(HFLM):
         self.timings.append(
             {
                 "cases": len(cases),
+                "case_keys": [case.case_key for case in cases],
                 "apply_s": answer_started - edit_started,
                 "answer_s": (edit_started - started) + (restore_started - answer_started),
                 "restore_s": finished - restore_started,

@@ -7,7 +7,8 @@ import logging
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, logits_at
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, hidden_states, logits_at, naive_mode
+from bizsre_tasks.editing.head_softmax import head_argmax
 
 logger = logging.getLogger(__name__)
 
@@ -22,16 +23,25 @@ def teacher_forced_answers(model, tokenizer, prompts: list[str], target_texts: l
     for start in range(0, len(prompts), batch_size):
         batch = build_batch(tokenizer, prompts[start : start + batch_size], target_texts[start : start + batch_size], device, max_length)
         truncated += len(batch.truncated)
-        answers += argmax_answers(tokenizer, logits_at(model, batch.input_ids, batch.attention_mask, batch.positions), batch)
+        answers += argmax_answers(tokenizer, predicted_tokens(model, batch), batch)
     if truncated:
         logger.warning("teacher forcing: %d prompt(s) longer than the model's context of %d tokens lost their beginning", truncated, max_length)
     return answers
 
 
-def argmax_answers(tokenizer, logits: torch.Tensor, batch: PromptTargetBatch) -> list[str]:
-    """Each row's argmax tokens at its target positions (`logits`: (B, T, V)), decoded."""
+def predicted_tokens(model, batch: PromptTargetBatch) -> torch.Tensor:
+    """The argmax token (B, T) at every target position; the head runs at those positions only (in the
+    benchmark's naive path: full logits everywhere, then picked)."""
+    if naive_mode():
+        return logits_at(model, batch.input_ids, batch.attention_mask, batch.positions).argmax(-1)
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+    return head_argmax(model, hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
+
+
+def argmax_answers(tokenizer, tokens: torch.Tensor, batch: PromptTargetBatch) -> list[str]:
+    """Each row's predicted tokens at its target positions (`tokens`: (B, T)), decoded."""
     answers = []
-    for row, mask in zip(logits.argmax(-1).tolist(), batch.target_mask.tolist()):
+    for row, mask in zip(tokens.tolist(), batch.target_mask.tolist()):
         ids = [token for token, keep in zip(row, mask) if keep]
         answers.append(tokenizer.decode(ids, skip_special_tokens=True).strip())
     return answers

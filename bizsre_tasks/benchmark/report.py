@@ -22,8 +22,8 @@ def _spread(values: dict[str, float] | None) -> str:
 def markdown_table(figures: list[dict[str, Any]]) -> str:
     header = (
         "| method | cases | edits | prepare s | apply s/edit | case s | restore s | apply fwd-eq | case fwd-eq "
-        "| peak RSS GB | naive case s | opt/naive | group/reliability | batch8/batch1 |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| peak RSS GB | naive case s | opt/naive | group/reliability | batch8/batch1 | mean case s | full run min |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     rows = []
     for f in figures:
@@ -31,9 +31,54 @@ def markdown_table(figures: list[dict[str, Any]]) -> str:
             f"| {f['method']} | {f['cases']} | {f['edits']} | {_fmt(f['prepare_s'], 1)} | {_spread(f['apply_s'])} | "
             f"{_spread(f['case_s'])} | {_spread(f['restore_s'])} | {_fmt(f['apply_forward_equivalents'], 1)} | "
             f"{_fmt(f['case_forward_equivalents'], 1)} | {_fmt(f['peak_rss_gb'])} | {_spread(f['naive_case_s'])} | "
-            f"{_fmt(f['optimised_over_naive'])} | {_fmt(f['group_over_reliability'])} | {_fmt(f['batch8_over_batch1'])} |"
+            f"{_fmt(f['optimised_over_naive'])} | {_fmt(f['group_over_reliability'])} | {_fmt(f['batch8_over_batch1'])} | "
+            f"{_fmt(f.get('mean_case_s'))} | {_fmt(f.get('full_run_minutes'), 0)} |"
         )
     return header + "\n".join(rows) + "\n"
+
+
+# The issue's targets for the default model on the 2-core reference machine: (figure, methods, bound, label).
+TARGETS = [
+    ("apply_s", ("rome",), 10.0, "ROME apply s/edit ≤ 10"),
+    ("apply_s", ("memit",), 15.0, "MEMIT apply s/edit ≤ 15"),
+    ("apply_s", ("ft",), 3.0, "FT apply s/edit ≤ 3"),
+    ("case_s", ("ike",), 2.0, "IKE s/case (all answers) ≤ 2"),
+    ("peak_rss_gb", None, 2.5, "peak RSS < 2.5 GB"),
+    ("edits_per_case", None, 1.0, "edits per case = 1 (weight methods)"),
+    ("group_over_reliability", ("rome",), 1.6, "ROME whole group / reliability only ≤ 1.6"),
+    ("optimised_over_naive", ("rome", "memit", "ft"), 0.3, "optimised / naive case time ≤ 0.3"),
+    ("apply_forward_equivalents", ("rome",), 60.0, "ROME apply ≤ 60 forward-equivalents"),
+    ("apply_forward_equivalents", ("memit",), 150.0, "MEMIT apply ≤ 150 forward-equivalents"),
+    ("restore_fraction", None, 0.01, "restore < 1% of apply"),
+    ("batch8_over_batch1", None, 0.35, "weight-free: batch 8 / batch 1 per-case ≤ 0.35"),
+    ("full_run_minutes", ("rome",), 45.0, "ROME full test file, all tasks < 45 min (mean case s × cases)"),
+]
+
+
+def _figure(f: dict[str, Any], key: str) -> float | None:
+    if key in ("apply_s", "case_s"):
+        return f[key]["median"]
+    if key == "edits_per_case":
+        return f["edits"] / f["cases"] if f.get("modifies_weights") and f["cases"] else None
+    if key == "restore_fraction":
+        apply = f["apply_s"]["median"]
+        return f["restore_s"]["median"] / apply if f.get("modifies_weights") and apply > 0 else None
+    return f.get(key)
+
+
+def targets_table(figures: list[dict[str, Any]]) -> str:
+    """Each target against what this run measured ('—' where the run did not measure it)."""
+    lines = ["| target | method | measured | met |", "|---|---|---|---|"]
+    for key, methods, bound, label in TARGETS:
+        for f in figures:
+            if methods is not None and f["method"] not in methods:
+                continue
+            value = _figure(f, key)
+            if value is None:
+                continue
+            met = value == bound if key == "edits_per_case" else value <= bound
+            lines.append(f"| {label} | {f['method']} | {value:.3g} | {'yes' if met else 'no'} |")
+    return "\n".join(lines) + "\n"
 
 
 def environment() -> dict[str, str]:
@@ -63,6 +108,10 @@ def write_outputs(result: dict[str, Any], json_path: Path, markdown_path: Path |
             f"{result['reference_batch']} prompts, no grad) {result['forward_s'] * 1000:.0f} ms\n\n"
             "Seconds are medians with (min–max) over cases; *fwd-eq* = multiples of the reference forward; "
             "*prepare* is one-time work (statistics, demonstration pools); *naive* = one edit per (case, task), "
-            "gradients for all weights, logits at all positions, no activation reuse.\n\n" + table
+            "gradients for all weights, logits at all positions, no activation reuse (timed on "
+            f"{result.get('naive_cases', 0)} cases); *batch8/batch1* compares per-case time of weight-free methods at "
+            f"batch size 8 and 1 over {result.get('batching_cases', '?')} cases; *full run min* = mean case seconds × the "
+            f"test file's {result.get('test_file_cases', '?')} cases.\n\n" + table
+            + "\n## Targets\n\n" + targets_table(result["methods"])
         )
-    return table
+    return table + "\n" + targets_table(result["methods"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bizsre_tasks.benchmark.memory import PeakRss
+from bizsre_tasks.benchmark.memory import PeakRss, release_freed_memory
 from bizsre_tasks.benchmark.requests import split_by_case
 from bizsre_tasks.editing import common
 from bizsre_tasks.editing.registry import build_method
@@ -39,6 +39,9 @@ class MethodFigures:
     peak_rss_gb: float
     apply_forward_equivalents: float
     case_forward_equivalents: float
+    modifies_weights: bool = False
+    mean_case_s: float = float("nan")  # what a full run's duration scales with
+    full_run_minutes: float | None = None  # mean case seconds × the test file's cases
     naive_case_s: dict[str, float] | None = None
     naive_edits: int | None = None
     optimised_over_naive: float | None = None
@@ -48,6 +51,24 @@ class MethodFigures:
     batch8_case_s: float | None = None
     batch8_over_batch1: float | None = None
     notes: list[str] = field(default_factory=list)
+
+
+REFERENCE_BATCH = 8  # prompts in the reference forward, whatever the number of cases measured
+
+
+def reference_prompts(requests_by_task: dict[str, list]) -> list[str]:
+    """The first REFERENCE_BATCH distinct prompts, taking one case's questions task by task."""
+    prompts: list[str] = []
+    for request in (r for requests in zip(*requests_by_task.values()) for r in requests):
+        if request.args[0] not in prompts:
+            prompts.append(request.args[0])
+    rest = [r.args[0] for requests in requests_by_task.values() for r in requests]
+    for prompt in rest:
+        if len(prompts) >= REFERENCE_BATCH:
+            break
+        if prompt not in prompts:
+            prompts.append(prompt)
+    return prompts[:REFERENCE_BATCH]
 
 
 def reference_forward_seconds(lm, prompts: list[str], repeats: int = 3) -> float:
@@ -85,9 +106,14 @@ def measure_method(
     hparams: dict[str, Any],
     requests_by_task: dict[str, list],
     forward_s: float,
-    naive: bool = False,
+    naive_cases: int = 0,
+    batching_requests: list | None = None,
+    total_cases: int | None = None,
     reliability_task: str = "bizsre_reliability",
 ) -> MethodFigures:
+    """`requests_by_task` holds one warm-up case and the measured ones; `naive_cases` > 0 also times that
+    many measured cases on the textbook path; `batching_requests` (weight-free methods) are the cases
+    the batch-size comparison runs on (all of `requests_by_task` when None)."""
     _use_method(lm, method, hparams)
     start = time.perf_counter()
     lm.editor.ensure_prepared()
@@ -98,6 +124,7 @@ def measure_method(
     warmup, measured = cases[0], [request for case in cases[1:] for request in case]
     _run(lm, warmup)
     lm.edit_count = 0
+    release_freed_memory()
     with PeakRss() as memory:
         timings = _run(lm, measured)
     apply_s, case_s, restore_s = (_per_case(timings, key) for key in ("apply_s", "total_s", "restore_s"))
@@ -112,18 +139,26 @@ def measure_method(
         peak_rss_gb=memory.peak_gb,
         apply_forward_equivalents=statistics.median(apply_s) / forward_s if apply_s else float("nan"),
         case_forward_equivalents=statistics.median(case_s) / forward_s if case_s else float("nan"),
+        modifies_weights=lm.editor.modifies_weights,
+        mean_case_s=statistics.mean(case_s) if case_s else float("nan"),
     )
+    if total_cases and case_s:
+        figures.full_run_minutes = figures.mean_case_s * total_cases / 60
     measured_keys = {request.doc["case_key"] for case in cases[1:] for request in case}
     if lm.editor.modifies_weights:
         reliability = [r for r in requests_by_task.get(reliability_task, []) if r.doc["case_key"] in measured_keys]
         if reliability and len(requests_by_task) > 1:
             figures.reliability_only_case_s = statistics.median(_per_case(_run(lm, reliability), "total_s"))
             figures.group_over_reliability = figures.case_s["median"] / figures.reliability_only_case_s
-        if naive:
-            figures.naive_case_s, figures.naive_edits = _measure_naive(lm, requests_by_task, measured_keys)
-            figures.optimised_over_naive = figures.case_s["median"] / figures.naive_case_s["median"]
+        if naive_cases > 0:
+            # The same cases on both paths, so that the ratio compares like with like.
+            naive_keys = [request.doc["case_key"] for request in (case[0] for case in cases[1 : 1 + naive_cases])]
+            figures.naive_case_s, figures.naive_edits = _measure_naive(lm, requests_by_task, set(naive_keys))
+            optimised = [t["total_s"] for t in timings if t["case_keys"][0] in naive_keys]
+            figures.optimised_over_naive = statistics.median(optimised) / figures.naive_case_s["median"]
     else:
-        figures.batch1_case_s, figures.batch8_case_s = _measure_batching(lm, measured)
+        batching = batching_requests if batching_requests is not None else measured
+        figures.batch1_case_s, figures.batch8_case_s = _measure_batching(lm, batching)
         figures.batch8_over_batch1 = figures.batch8_case_s / figures.batch1_case_s
     return figures
 

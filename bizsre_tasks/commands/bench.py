@@ -21,6 +21,9 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="teacher_forced", choices=["generate", "teacher_forced"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--naive", action="store_true", help="also run the textbook path and report optimised/naive ratios")
+    parser.add_argument("--naive-cases", type=int, default=2, help="cases timed on the (slow) naive path (default 2)")
+    parser.add_argument("--batching-cases", type=int, default=16,
+                        help="cases of the batch-size-1 vs 8 comparison for weight-free methods (default 16)")
     parser.add_argument("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hparams file per method")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD=DIR", help="trained editor per method")
     parser.add_argument("--json", default="benchmark_results.json", help="where to write the JSON results")
@@ -63,15 +66,24 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, train_file=args.train_file, device="cpu" if not _cuda() else "cuda")
     model_load_s = time.perf_counter() - start
     metadata = {"test_file": test_file, "edit_lang": args.edit_lang, "protocol": args.protocol, "pretrained": lm.editor.context.model_name}
-    requests_by_task = build_requests([t.strip() for t in args.tasks.split(",")], args.cases + 1, metadata)
-    reliability = requests_by_task.get("bizsre_reliability") or next(iter(requests_by_task.values()))
-    prompts = [r.args[0] for r in reliability[:8]]
+    tasks = [t.strip() for t in args.tasks.split(",")]
+    # One warm-up case plus the measured ones; the batch-size comparison may need more cases.
+    all_requests = build_requests(tasks, max(args.cases + 1, args.batching_cases + 1), metadata)
+    measured_keys = _first_case_keys(all_requests, args.cases + 1)
+    requests_by_task = {task: [r for r in requests if r.doc["case_key"] in measured_keys] for task, requests in all_requests.items()}
+    batching_requests = [r for requests in all_requests.values() for r in requests
+                         if r.doc["case_key"] in _first_case_keys(all_requests, args.batching_cases + 1)]
+    prompts = runner.reference_prompts(requests_by_task)
     forward_s = runner.reference_forward_seconds(lm, prompts)
+    total_cases = _count_cases(test_file)
     figures = []
     for method in methods:
         lm.editor.context.checkpoint = checkpoints.get(method)
         print(f"[bench] {method} ...", file=sys.stderr, flush=True)
-        measured = runner.measure_method(lm, method, read_hparams_file(hparams_files.get(method)), requests_by_task, forward_s, naive=args.naive)
+        measured = runner.measure_method(
+            lm, method, read_hparams_file(hparams_files.get(method)), requests_by_task, forward_s,
+            naive_cases=args.naive_cases if args.naive else 0, batching_requests=batching_requests, total_cases=total_cases,
+        )
         figures.append(runner.as_dict(measured))
         print(report.markdown_table(figures[-1:]), file=sys.stderr, flush=True)
     result = {
@@ -80,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         "model": lm.editor.context.model_name,
         "test_file": test_file,
         "cases": args.cases,
+        "test_file_cases": total_cases,
+        "batching_cases": args.batching_cases,
+        "naive_cases": args.naive_cases if args.naive else 0,
         "tasks": list(requests_by_task),
         "protocol": args.protocol,
         "model_load_s": model_load_s,
@@ -89,6 +104,22 @@ def run(args: argparse.Namespace) -> int:
     }
     print(report.write_outputs(result, Path(args.json), Path(args.markdown) if args.markdown else None))
     return 0
+
+
+def _first_case_keys(requests_by_task: dict[str, list], count: int) -> set[str]:
+    """Keys of the first `count` cases, in the order the tasks list them."""
+    keys: list[str] = []
+    for request in (r for requests in requests_by_task.values() for r in requests):
+        if request.doc["case_key"] not in keys:
+            keys.append(request.doc["case_key"])
+    ordered = sorted(keys, key=lambda key: int(key.rsplit(":", 1)[-1]) if key.rsplit(":", 1)[-1].isdigit() else 0)
+    return set(ordered[:count])
+
+
+def _count_cases(test_file: str) -> int:
+    from bizsre_tasks.data_loading import load_test_set
+
+    return len(load_test_set(test_file).cases)
 
 
 def _cuda() -> bool:

@@ -21,8 +21,9 @@ import copy
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, head_logits, logits_at, naive_mode
-from bizsre_tasks.teacher_forcing import argmax_answers
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, naive_mode
+from bizsre_tasks.editing.head_softmax import head_argmax
+from bizsre_tasks.teacher_forcing import argmax_answers, predicted_tokens
 
 
 def shared_prefix_groups(prompts: list[str], prefixes: list[str | None]) -> dict[str, list[int]]:
@@ -55,11 +56,8 @@ def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], tar
         cache = _cache(model, prefix_ids[:cut], device)
     answers: list[str] = []
     for batch in batches:
-        if cache is None:
-            logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.positions)
-        else:
-            logits = _logits_after_cache(model, batch, cache, cut)
-        answers += argmax_answers(tokenizer, logits, batch)
+        tokens = predicted_tokens(model, batch) if cache is None else _tokens_after_cache(model, batch, cache, cut)
+        answers += argmax_answers(tokenizer, tokens, batch)
     return answers
 
 
@@ -77,8 +75,8 @@ def _cache(model, ids: list[int], device):
     return getattr(outputs, "past_key_values", None)
 
 
-def _logits_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> torch.Tensor:
-    """Logits at the target positions, running only the columns from `cut` on over a copy of the cache."""
+def _tokens_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> torch.Tensor:
+    """Argmax tokens at the target positions, running only the columns from `cut` on over a copy of the cache."""
     rows = batch.input_ids.shape[0]
     past = copy.deepcopy(cache)  # the forward appends to the cache it is given
     past.batch_repeat_interleave(rows)
@@ -88,4 +86,4 @@ def _logits_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> tor
     hidden = outputs.last_hidden_state
     # Padded target slots hold position 0; clamped, they point anywhere in the row and are masked when decoded.
     positions = (batch.positions - cut).clamp(min=0)
-    return head_logits(model, hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
+    return head_argmax(model, hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
