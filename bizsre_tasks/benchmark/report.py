@@ -108,8 +108,8 @@ def write_outputs(result: dict[str, Any], json_path: Path, markdown_path: Path |
             f"{result['reference_batch']} prompts, no grad) {result['forward_s'] * 1000:.0f} ms\n\n"
             "Seconds are medians with (min–max) over cases; *fwd-eq* = multiples of the reference forward; "
             "*prepare* is one-time work (statistics, demonstration pools); *naive* = one edit per (case, task), "
-            "gradients for all weights, logits at all positions, no activation reuse (timed on "
-            f"{result.get('naive_cases', 0)} cases); *batch8/batch1* compares per-case time of weight-free methods at "
+            "gradients for all weights, logits at all positions, no activation reuse ("
+            + (f"timed on {result['naive_cases']} cases" if result.get("naive_cases") else "not run") + "); *batch8/batch1* compares per-case time of weight-free methods at "
             f"batch size 8 and 1 over {result.get('batching_cases', '?')} cases; *full run min* = mean case seconds × the "
             f"test file's {result.get('test_file_cases', '?')} cases.\n\n" + table
             + "\n## Targets\n\n" + targets_table(result["methods"])
