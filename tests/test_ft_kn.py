@@ -104,18 +104,19 @@ def test_ft_early_stop_leaves_model_untouched_when_already_learnt(tiny_gemma):
 def test_ft_nan_loss_restores_then_raises(tiny_gemma, monkeypatch):
     ctx = _load(tiny_gemma)
     method = build_method("ft", ctx, {"layers": [1], "steps": 6, "norm_constraint": 0.05, "lr": 0.01, "early_stop_nll": 0.0})
-    real = ft_module.mean_target_nll
+    real = ft_module.UpperStack.target_nll
     calls = {"n": 0}
 
-    def poisoned(logits, batch):
+    def poisoned(stack, objective):
         calls["n"] += 1
-        loss = real(logits, batch)
+        loss = real(stack, objective)
         return loss * float("nan") if calls["n"] > 3 else loss
 
-    monkeypatch.setattr(ft_module, "mean_target_nll", poisoned)
+    monkeypatch.setattr(ft_module.UpperStack, "target_nll", poisoned)
     before = _snapshot(ctx.model)
     with pytest.raises(EditFailedError):
         method.apply(REQUEST)
+    assert calls["n"] == 4  # the poisoned step was reached
     _assert_bitwise_equal(ctx.model, before)
 
 

@@ -84,6 +84,9 @@ def test_naive_path_makes_the_same_edit_with_the_full_model(name, tiny_gemma):
     changed = [key for key in original if not torch.equal(optimised[key], original[key])]
     assert changed, "the edit changed nothing"
     for key in original:
-        assert torch.allclose(naive[key], optimised[key], rtol=1e-4, atol=1e-6), key
+        # The same update up to float rounding. Compared as a whole: Adam (FT) divides each gradient element by
+        # its own size, so rounding can move a single near-zero-gradient element by ~1% of the largest change.
+        opt_update, naive_update = optimised[key] - original[key], naive[key] - original[key]
+        assert float((naive_update - opt_update).norm()) <= 1e-3 * float(opt_update.norm()) + 1e-7, key
     assert optimised_work < naive_work, (optimised_work, naive_work)
     assert all(not p.requires_grad for p in method.model.parameters())  # naive mode's all-weights gradients are undone

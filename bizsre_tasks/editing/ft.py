@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import torch
 
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, head_logits, logits_at, naive_mode, requires_grad_only
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, head_logits, hidden_states, logits_at, naive_mode, requires_grad_only
+from bizsre_tasks.editing.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -105,16 +106,36 @@ class UpperStack:
             logger.info("could not record the layer inputs of %s; every step runs the full model", type(model).__name__)
 
     def logits(self) -> torch.Tensor:
+        """Logits (B, T, V) at the target positions (at every position first, in naive mode)."""
         batch = self.batch
         if self.cached_input is None:
             return logits_at(self.model, batch.input_ids, batch.attention_mask, batch.positions)
-        hidden = self.cached_input
-        for layer, (args, kwargs), positional in zip(self.layers, self.calls, self._hidden_positional):
-            output = layer(hidden, *args, **kwargs) if positional else layer(*args, hidden_states=hidden, **kwargs)
-            hidden = output[0] if isinstance(output, tuple) else output
-        hidden = self.final_norm(hidden)
-        index = batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-        return head_logits(self.model, hidden.gather(1, index))
+        return head_logits(self.model, self.target_hidden())
+
+    def target_hidden(self) -> torch.Tensor:
+        """Final hidden states (B, T, d) at the target positions."""
+        batch = self.batch
+        if self.cached_input is None:
+            hidden = hidden_states(self.model, batch.input_ids, batch.attention_mask)
+        else:
+            hidden = self.cached_input
+            for layer, (args, kwargs), positional in zip(self.layers, self.calls, self._hidden_positional):
+                output = layer(hidden, *args, **kwargs) if positional else layer(*args, hidden_states=hidden, **kwargs)
+                hidden = output[0] if isinstance(output, tuple) else output
+            hidden = self.final_norm(hidden)
+        return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+    def target_nll(self, objective: HeadObjective) -> torch.Tensor:
+        """`mean_target_nll` of the logits, with the head's softmax in one pass (`head_softmax`); the
+        textbook logits in naive mode."""
+        if naive_mode():
+            return mean_target_nll(self.logits(), self.batch)
+        hidden = self.target_hidden()
+        ids = self.batch.target_ids.clamp(min=0)
+        picked, _ = objective(hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1), None)
+        mask = self.batch.target_mask
+        picked = picked.view(ids.shape)
+        return (-(picked * mask).sum(1) / mask.sum(1)).mean()
 
 
 def mean_target_nll(logits: torch.Tensor, batch: PromptTargetBatch) -> torch.Tensor:
@@ -178,9 +199,10 @@ class FineTuneL(EditingMethod):
         bounds = [(weight.detach() - eps, weight.detach() + eps) for weight in weights]
         optimizer = torch.optim.Adam(weights, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
         with torch.enable_grad(), requires_grad_only(weights):
+            objective = HeadObjective(self.model)  # built while only `weights` need gradients
             for step in range(hp["steps"]):
                 optimizer.zero_grad(set_to_none=True)
-                loss = mean_target_nll(stack.logits(), batch)
+                loss = stack.target_nll(objective)
                 if not torch.isfinite(loss):
                     raise EditFailedError(f"ft: loss became {loss.item()} at step {step}")
                 if loss.item() < hp["early_stop_nll"]:
