@@ -29,8 +29,13 @@ class CaseWork:
 
     @property
     def case_number(self) -> int:
-        tail = self.case_key.rsplit(":", 1)[-1]
-        return int(tail) if tail.isdigit() else 0
+        return case_number(self.case_key)
+
+
+def case_number(case_key: str) -> int:
+    """The record number at the end of a case key ("<file>:<lang>:<n>"); 0 when there is none."""
+    tail = case_key.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
 
 
 def _task_name(request: Any) -> str:

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, hidden_states, logits_at, naive_mode
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, gather_positions, hidden_states, logits_at, naive_mode
 from bizsre_tasks.editing.head_softmax import head_argmax
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def predicted_tokens(model, batch: PromptTargetBatch) -> torch.Tensor:
     if naive_mode():
         return logits_at(model, batch.input_ids, batch.attention_mask, batch.positions).argmax(-1)
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
-    return head_argmax(model, hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
+    return head_argmax(model, gather_positions(hidden, batch.positions))
 
 
 def argmax_answers(tokenizer, tokens: torch.Tensor, batch: PromptTargetBatch) -> list[str]:

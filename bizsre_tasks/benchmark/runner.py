@@ -8,6 +8,7 @@ pass over a reference batch measured in the same run, so figures compare across 
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -57,18 +58,11 @@ REFERENCE_BATCH = 8  # prompts in the reference forward, whatever the number of 
 
 
 def reference_prompts(requests_by_task: dict[str, list]) -> list[str]:
-    """The first REFERENCE_BATCH distinct prompts, taking one case's questions task by task."""
-    prompts: list[str] = []
-    for request in (r for requests in zip(*requests_by_task.values()) for r in requests):
-        if request.args[0] not in prompts:
-            prompts.append(request.args[0])
-    rest = [r.args[0] for requests in requests_by_task.values() for r in requests]
-    for prompt in rest:
-        if len(prompts) >= REFERENCE_BATCH:
-            break
-        if prompt not in prompts:
-            prompts.append(prompt)
-    return prompts[:REFERENCE_BATCH]
+    """The first REFERENCE_BATCH distinct prompts, taking the tasks' requests in turn (one of each task first)."""
+    in_turn = (r for requests in zip(*requests_by_task.values()) for r in requests)
+    the_rest = (r for requests in requests_by_task.values() for r in requests)
+    distinct = dict.fromkeys(r.args[0] for r in itertools.chain(in_turn, the_rest))
+    return list(distinct)[:REFERENCE_BATCH]
 
 
 def reference_forward_seconds(lm, prompts: list[str], repeats: int = 3) -> float:

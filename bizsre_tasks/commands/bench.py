@@ -107,13 +107,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _first_case_keys(requests_by_task: dict[str, list], count: int) -> set[str]:
-    """Keys of the first `count` cases, in the order the tasks list them."""
-    keys: list[str] = []
-    for request in (r for requests in requests_by_task.values() for r in requests):
-        if request.doc["case_key"] not in keys:
-            keys.append(request.doc["case_key"])
-    ordered = sorted(keys, key=lambda key: int(key.rsplit(":", 1)[-1]) if key.rsplit(":", 1)[-1].isdigit() else 0)
-    return set(ordered[:count])
+    """Keys of the `count` lowest-numbered cases among the requests."""
+    from bizsre_tasks.case_planning import case_number
+
+    keys = dict.fromkeys(r.doc["case_key"] for requests in requests_by_task.values() for r in requests)
+    return set(sorted(keys, key=case_number)[:count])
 
 
 def _count_cases(test_file: str) -> int:

@@ -152,25 +152,35 @@ def head_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def gather_positions(states: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`states` (B, L, D) at `positions` (B, T) -> (B, T, D)."""
+    return states.gather(1, positions.unsqueeze(-1).expand(-1, -1, states.shape[-1]))
+
+
 def logits_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor) -> torch.Tensor:
     """Logits (B, T, V) only at `positions` (B, T)."""
     hidden = hidden_states(model, input_ids, attention_mask)
     if naive_mode():
         # Textbook path for the benchmark: the head over every position, then pick.
-        full = head_logits(model, hidden)
-        return full.gather(1, positions.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-    index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    return head_logits(model, hidden.gather(1, index))
+        return gather_positions(head_logits(model, hidden), positions)
+    return head_logits(model, gather_positions(hidden, positions))
+
+
+def mean_sequence_nll(target_log_probs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the target tokens (B, T), `mask` where real -> NLL averaged per sequence, then over the batch."""
+    return (-(target_log_probs * mask).sum(1) / mask.sum(1)).mean()
+
+
+def mean_target_nll(logits: torch.Tensor, batch: PromptTargetBatch) -> torch.Tensor:
+    """`mean_sequence_nll` of the target tokens under `logits` (B, T, V) at the target positions."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    picked = log_probs.gather(-1, batch.target_ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return mean_sequence_nll(picked, batch.target_mask)
 
 
 def target_nll(model, batch: PromptTargetBatch) -> torch.Tensor:
     """Mean negative log-likelihood of the target tokens, averaged per sequence then over the batch."""
-    logits = logits_at(model, batch.input_ids, batch.attention_mask, batch.positions)
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    mask = batch.target_mask
-    picked = log_probs.gather(-1, batch.target_ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    per_sequence = -(picked * mask).sum(1) / mask.sum(1)
-    return per_sequence.mean()
+    return mean_target_nll(logits_at(model, batch.input_ids, batch.attention_mask, batch.positions), batch)
 
 
 def find_subject_last_token(tokenizer, prompt: str, subject: str) -> int:

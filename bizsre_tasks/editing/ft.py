@@ -20,7 +20,18 @@ from typing import Any, ClassVar
 import torch
 
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, head_logits, hidden_states, logits_at, naive_mode, requires_grad_only
+from bizsre_tasks.editing.common import (
+    PromptTargetBatch,
+    build_batch,
+    gather_positions,
+    head_logits,
+    hidden_states,
+    logits_at,
+    mean_sequence_nll,
+    mean_target_nll,
+    naive_mode,
+    requires_grad_only,
+)
 from bizsre_tasks.editing.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
 
@@ -123,7 +134,7 @@ class UpperStack:
                 output = layer(hidden, *args, **kwargs) if positional else layer(*args, hidden_states=hidden, **kwargs)
                 hidden = output[0] if isinstance(output, tuple) else output
             hidden = self.final_norm(hidden)
-        return hidden.gather(1, batch.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return gather_positions(hidden, batch.positions)
 
     def target_nll(self, objective: HeadObjective) -> torch.Tensor:
         """`mean_target_nll` of the logits, with the head's softmax in one pass (`head_softmax`); the
@@ -133,17 +144,7 @@ class UpperStack:
         hidden = self.target_hidden()
         ids = self.batch.target_ids.clamp(min=0)
         picked, _ = objective(hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1), None)
-        mask = self.batch.target_mask
-        picked = picked.view(ids.shape)
-        return (-(picked * mask).sum(1) / mask.sum(1)).mean()
-
-
-def mean_target_nll(logits: torch.Tensor, batch: PromptTargetBatch) -> torch.Tensor:
-    """Per-sequence mean NLL of the target tokens, averaged over the batch (as `common.target_nll`)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    mask = batch.target_mask
-    picked = log_probs.gather(-1, batch.target_ids.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (-(picked * mask).sum(1) / mask.sum(1)).mean()
+        return mean_sequence_nll(picked.view(ids.shape), self.batch.target_mask)
 
 
 class FineTuneL(EditingMethod):

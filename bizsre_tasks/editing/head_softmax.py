@@ -32,19 +32,25 @@ def _head(model) -> torch.nn.Module | None:
     return head
 
 
+def _logit_chunks(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """(first vocabulary id, weight rows, float logits (N, rows)) for each CHUNK_ROWS slice of the head."""
+    rows = hidden.to(weight.dtype)
+    for start in range(0, weight.shape[0], CHUNK_ROWS):
+        chunk = weight[start : start + CHUNK_ROWS]
+        logits = torch.mm(rows, chunk.t()).float()
+        if bias is not None:
+            logits += bias[start : start + CHUNK_ROWS].float()
+        yield start, chunk, logits
+
+
 class _LogNormaliser(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias):
         rows = hidden.shape[0]
-        h = hidden.to(weight.dtype)
         running_max = torch.full((rows,), -float("inf"), device=hidden.device)
         total = torch.zeros(rows, device=hidden.device)
         expected = torch.zeros(rows, weight.shape[1], device=hidden.device)
-        for start in range(0, weight.shape[0], CHUNK_ROWS):
-            chunk = weight[start : start + CHUNK_ROWS]
-            logits = torch.mm(h, chunk.t()).float()
-            if bias is not None:
-                logits += bias[start : start + CHUNK_ROWS].float()
+        for _, chunk, logits in _logit_chunks(hidden, weight, bias):
             new_max = torch.maximum(running_max, logits.amax(1))
             rescale = torch.exp(running_max - new_max)
             weights = logits.sub_(new_max[:, None]).exp_()
@@ -117,13 +123,10 @@ def head_argmax(model, hidden: torch.Tensor) -> torch.Tensor:
     head = _head(model)
     if head is None:
         return head_logits(model, hidden).argmax(-1)
-    rows = hidden.reshape(-1, hidden.shape[-1]).to(head.weight.dtype)
+    rows = hidden.reshape(-1, hidden.shape[-1])
     best = torch.full((rows.shape[0],), -float("inf"), device=hidden.device)
     tokens = torch.zeros(rows.shape[0], dtype=torch.long, device=hidden.device)
-    for start in range(0, head.weight.shape[0], CHUNK_ROWS):
-        logits = torch.mm(rows, head.weight[start : start + CHUNK_ROWS].t()).float()
-        if head.bias is not None:
-            logits += head.bias[start : start + CHUNK_ROWS].float()
+    for start, _, logits in _logit_chunks(rows, head.weight, head.bias):
         values, indices = logits.max(1)
         better = values > best
         best = torch.where(better, values, best)

@@ -21,7 +21,7 @@ import copy
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, naive_mode
+from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, gather_positions, naive_mode
 from bizsre_tasks.editing.head_softmax import head_argmax
 from bizsre_tasks.teacher_forcing import argmax_answers, predicted_tokens
 
@@ -86,4 +86,4 @@ def _tokens_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> tor
     hidden = outputs.last_hidden_state
     # Padded target slots hold position 0; clamped, they point anywhere in the row and are masked when decoded.
     positions = (batch.positions - cut).clamp(min=0)
-    return head_argmax(model, hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])))
+    return head_argmax(model, gather_positions(hidden, positions))

@@ -39,7 +39,15 @@ import torch
 
 from bizsre_tasks.editing import second_moments
 from bizsre_tasks.editing.base import EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import encode_prompt, encode_target, find_subject_last_token, head_logits, naive_mode
+from bizsre_tasks.editing.common import (
+    encode_prompt,
+    encode_target,
+    find_subject_last_token,
+    gather_positions,
+    head_logits,
+    mean_sequence_nll,
+    naive_mode,
+)
 from bizsre_tasks.editing.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
 
@@ -254,9 +262,7 @@ class DeltaAtSubject:
 def _picked_hidden(batch: EditBatch, hidden: torch.Tensor, offset: int):
     """Hidden states at the target positions (n_rewrite·T, d) and at the KL positions (n_kl, d) or None;
     `hidden` holds columns offset.. of the batch."""
-    rewrite = hidden[: batch.n_rewrite]
-    index = (batch.target_positions - offset).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    targets = rewrite.gather(1, index).reshape(-1, hidden.shape[-1])
+    targets = gather_positions(hidden[: batch.n_rewrite], batch.target_positions - offset).reshape(-1, hidden.shape[-1])
     if hidden.shape[0] == batch.n_rewrite:
         return targets, None
     kl_rows = torch.arange(batch.n_rewrite, hidden.shape[0], device=hidden.device)
@@ -314,7 +320,7 @@ def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> Delta
             picked = picked.view(batch.target_ids.shape)
             if step == 0:
                 optimiser = torch.optim.Adam([state["theta"]], lr=hp["lr"])
-            nll = (-(picked * mask).sum(1) / mask.sum(1)).mean()
+            nll = mean_sequence_nll(picked, mask)
             nll_value = float(nll.detach())
             if not math.isfinite(nll_value):
                 raise EditFailedError(f"target NLL became {nll_value} while optimising the edit at layer {layer}")
