@@ -5,7 +5,9 @@ For every Bi-ZsRE case in the requests the harness hands over, the wrapper
 2. applies the chosen method's edit once, built from the edit-language part of the case,
 3. answers every request of that case from every selected task, batched,
 4. restores the model (bit for bit; `verify_restore=true` checks it with a checksum).
-Weight-free methods (IKE, SERAC, none) are batched across cases instead.
+Weight methods take the cases in chunks of `edit_batch`: the chunk's pre-edit answers are batched,
+the method may prepare the chunk's edits together (`precompute`), then every case is edited,
+answered and restored in turn. Weight-free methods (IKE, SERAC, none) are batched across cases.
 
 The wrapper knows nothing of any method's internals: it talks to them through
 `bizsre_tasks.editing.base.EditingMethod`.
@@ -72,6 +74,16 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def _positive_int(name: str, value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(value).strip() != str(number):
+        raise ConfigurationError(f"model_arg {name} must be a positive integer, got {value!r}")
+    return number
+
+
 @register_model("edited-hf")
 class EditedHFLM(HFLM):
     def __init__(
@@ -88,6 +100,7 @@ class EditedHFLM(HFLM):
         cache_dir: str | None = None,
         answer_store: str | None = None,
         cross_case_batch: int = 32,
+        edit_batch: int = 4,
         **kwargs: Any,
     ) -> None:
         test_file = kwargs.get("test_file")
@@ -104,6 +117,7 @@ class EditedHFLM(HFLM):
             raise ConfigurationError(f"edit_lang '{edit_lang}' is not a language code such as 'en' or 'zh'")
         if test_file:  # the tasks read it only after the model is loaded
             preflight.check_test_file(test_file, edit_lang)
+        cross_case_batch, edit_batch = _positive_int("cross_case_batch", cross_case_batch), _positive_int("edit_batch", edit_batch)
         user_hparams = read_hparams_file(hparams)
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
@@ -117,7 +131,7 @@ class EditedHFLM(HFLM):
         self.edit_count = 0
         self.timings: list[dict[str, float]] = []
         self.answer_store_dir = answer_store
-        self.cross_case_batch = max(1, int(cross_case_batch))
+        self.cross_case_batch, self.edit_batch = cross_case_batch, edit_batch
         self.failed_edits: list[dict[str, str]] = []
         context = EditingContext(
             model=self.model,
@@ -228,35 +242,64 @@ class EditedHFLM(HFLM):
         )
         if todo:
             self.editor.ensure_prepared()
-        # Weight methods go case by case; weight-free ones are batched across a chunk of cases.
-        chunk_size = 1 if self.editor.modifies_weights else self.cross_case_batch
         reference = model_checksum(self.model) if self.verify_restore and self.editor.modifies_weights else None
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start : start + chunk_size]
-            self._answer_cases(requests, chunk, answers)
+
+        def finished(chunk: list[CaseWork]) -> None:
+            """Checks and stores answered cases at once, so that an interrupted run loses none of them."""
             if reference is not None and model_checksum(self.model) != reference:
                 raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {chunk[-1].case_key}")
             if store is not None:
                 for case in chunk:
-                    answered = {signatures[i]: answers[i] for i in case.indices}
-                    store.record(case.case_key, answered, run_state.FAILED_EDITS.get(case.case_key))
+                    store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key))
             progress.update(len(chunk))
+
+        if self.editor.modifies_weights:
+            for start in range(0, len(todo), self.edit_batch):
+                self._answer_edited_chunk(requests, todo[start : start + self.edit_batch], answers, finished)
+        else:
+            for start in range(0, len(todo), self.cross_case_batch):
+                chunk = todo[start : start + self.cross_case_batch]
+                self._answer_weight_free_chunk(requests, chunk, answers)
+                finished(chunk)
         progress.close()
         if self.failed_edits:
             logger.warning("%d edit(s) failed: %s", len(self.failed_edits), self.failed_edits)
         return [answer if answer is not None else "" for answer in answers]
 
-    def _answer_cases(self, requests: list, cases: list[CaseWork], answers: list) -> None:
-        """Pre-edit answers, edits, post-edit answers, restoration — for one case or a chunk of weight-free ones."""
+    def _answer_edited_chunk(self, requests: list, cases: list[CaseWork], answers: list, finished) -> None:
+        """A chunk of cases for a weight method: pre-edit answers together, the method's shared work
+        (`precompute`), then edit, answer and restore case by case, calling `finished([case])` after each."""
         clock = time.perf_counter
         started = clock()
-        pre = [i for case in cases for i in case.pre_edit]
-        self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+        self._answer_pre_edit(requests, cases, answers)
+        shared_started = clock()
+        with context_limit(self.model, self.max_length):
+            self.editor.precompute([case.edit for case in cases])
+        # The chunk's shared work is counted in equal shares in every case's timings.
+        pre_share, apply_share = (shared_started - started) / len(cases), (clock() - shared_started) / len(cases)
+        for case in cases:
+            edit_started = clock()
+            applied = self._apply(case)
+            answer_started = clock()
+            try:
+                post = case.post_edit
+                self._store(answers, post, self._answer(requests, post, [applied] * len(post)))
+            finally:
+                restore_started = clock()
+                applied.restore()
+                done = clock()
+            self._record_timing([case], apply_share + answer_started - edit_started,
+                                pre_share + restore_started - answer_started, done - restore_started)
+            finished([case])
+
+    def _answer_weight_free_chunk(self, requests: list, cases: list[CaseWork], answers: list) -> None:
+        """A chunk of cases for a weight-free method: pre-edit answers, all edits, all post-edit answers
+        batched across the cases, then every restore."""
+        clock = time.perf_counter
+        started = clock()
+        self._answer_pre_edit(requests, cases, answers)
         edit_started = clock()
-        if self.editor.modifies_weights:
-            applied = [self._apply(case) for case in cases]
-        else:
-            applied = self._apply_all(cases)
+        applied = self._apply_all(cases)
         answer_started = clock()
         try:
             post = [i for case in cases for i in case.post_edit]
@@ -266,16 +309,24 @@ class EditedHFLM(HFLM):
             restore_started = clock()
             for edit in applied:
                 edit.restore()
-            finished = clock()
-        # Per-chunk timings for the benchmark (one entry per case for weight methods).
+            done = clock()
+        self._record_timing(cases, answer_started - edit_started,
+                            (edit_started - started) + (restore_started - answer_started), done - restore_started)
+
+    def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
+        pre = [i for case in cases for i in case.pre_edit]
+        self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+
+    def _record_timing(self, cases: list[CaseWork], apply_s: float, answer_s: float, restore_s: float) -> None:
+        """Timings for the benchmark: one entry per case for weight methods, per chunk for weight-free ones."""
         self.timings.append(
             {
                 "cases": len(cases),
                 "case_keys": [case.case_key for case in cases],
-                "apply_s": answer_started - edit_started,
-                "answer_s": (edit_started - started) + (restore_started - answer_started),
-                "restore_s": finished - restore_started,
-                "total_s": finished - started,
+                "apply_s": apply_s,
+                "answer_s": answer_s,
+                "restore_s": restore_s,
+                "total_s": apply_s + answer_s + restore_s,
             }
         )
 

@@ -14,12 +14,17 @@ class CountingWeightEdit(EditingMethod):
     modifies_weights = True
     default_hparams = {"layer": 0, "scale": 1.0, "fail_on_cases": []}
     applied: list[str] = []
+    events: list[tuple] = []  # ("precompute", [case keys]) and ("apply", case key), in call order
 
     def validate_hparams(self) -> None:
         self.layout.check_layer(self.hparams["layer"], "layer")
 
+    def precompute(self, requests):
+        type(self).events.append(("precompute", [request.case_key for request in requests]))
+
     def apply(self, request):
         type(self).applied.append(request.case_key)
+        type(self).events.append(("apply", request.case_key))
         weight = self.layout.weight_out_in("mlp_out", self.hparams["layer"])
         backup = WeightBackup({"w": weight})
         with torch.no_grad():

@@ -138,6 +138,45 @@ def test_nan_loss_is_an_edit_failure(tiny_gemma):
         method.apply(REQUEST)
 
 
+OTHER_REQUEST = EditRequest(prompt="Who founded Acme Motor Works", target="the river", subject="Acme Motor Works", lang="en")
+EMPTY_TARGET = EditRequest(prompt="Who made Volvo B12M", target="", subject="Volvo B12M", lang="en", target_separator="")
+
+
+# MEMIT's spreading (an L-BFGS solve per layer) magnifies float rounding more than ROME's closed form.
+@pytest.mark.parametrize("name,hparams,tolerance", [("rome", {"layer": 1}, 1e-5), ("memit", {"layers": [1, 2]}, 1e-3)])
+def test_precomputed_deltas_match_one_case_at_a_time(tiny_gemma, name, hparams, tolerance):
+    """δ optimised for several cases in one batch (cases of different lengths, converging at different
+    steps, so finished cases leave the batch) gives each case the update it gets alone; a case that
+    cannot be edited fails on its own."""
+    method, model, _ = _method(name, tiny_gemma, {**hparams, "nll_stop": 7.2, "steps": 12})
+    requests = [TINY_REQUEST, REQUEST, ZH_REQUEST, OTHER_REQUEST]
+    weights = [method.layout.weight_out_in("mlp_out", layer) for layer in method.edit_layers()]
+
+    def updates_and_steps():
+        before = [w.detach().clone() for w in weights]
+        out = []
+        for request in requests:
+            applied = method.apply(request)
+            out.append(([w.detach() - b for w, b in zip(weights, before)], method.last_info["steps"]))
+            applied.restore()
+        return out
+
+    alone = updates_and_steps()
+    method.precompute(requests + [EMPTY_TARGET])
+    assert len(method._precomputed) == 5
+    batched = updates_and_steps()
+    steps = [s for _, s in alone]
+    assert len(set(steps)) > 1, steps  # the cases finish at different steps
+    assert steps == [s for _, s in batched]
+    for (one, _), (together, _) in zip(alone, batched):
+        for a, b in zip(one, together):
+            assert a.norm() > 0
+            assert float((a - b).norm() / a.norm()) < tolerance
+    with pytest.raises(EditFailedError, match="tokenises to nothing"):
+        method.apply(EMPTY_TARGET)
+    assert not method._precomputed  # every precomputed δ was used once
+
+
 @pytest.mark.parametrize(
     "name,hparams,message",
     [

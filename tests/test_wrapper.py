@@ -18,6 +18,7 @@ def fake_method_registry(monkeypatch):
     monkeypatch.setitem(registry.METHODS, "leaky", "tests.fake_methods:LeakyWeightEdit")
     monkeypatch.setitem(registry.METHODS, "prefix", "tests.fake_methods:PromptPrefixEdit")
     fake_methods.CountingWeightEdit.applied = []
+    fake_methods.CountingWeightEdit.events = []
     fake_methods.PromptPrefixEdit.applied = []
 
 
@@ -31,6 +32,17 @@ def test_one_edit_per_case_whatever_the_tasks(tiny_gpt2, tasks):
     applied = fake_methods.CountingWeightEdit.applied
     assert len(applied) == 3 and len(set(applied)) == 3
     assert results["results"]
+
+
+@pytest.mark.parametrize("edit_batch", [1, 2])
+def test_weight_methods_get_each_chunk_to_precompute_before_its_edits(tiny_gpt2, edit_batch):
+    run_harness(_args(tiny_gpt2, method="counting", verify_restore=True, edit_batch=edit_batch), ["bizsre"], limit=3)
+    events = fake_methods.CountingWeightEdit.events
+    keys = [key for kind, key in events if kind == "apply"]
+    assert len(keys) == 3 and len(set(keys)) == 3
+    chunks = [keys[i : i + edit_batch] for i in range(0, 3, edit_batch)]
+    expected = [event for chunk in chunks for event in [("precompute", chunk)] + [("apply", key) for key in chunk]]
+    assert events == expected
 
 
 def test_restoration_is_verified(tiny_gpt2):
@@ -86,6 +98,9 @@ def test_unknown_protocol_and_language(tmp_path):
         EditedHFLM(pretrained=str(tmp_path), method="none", protocol="sampled")
     with pytest.raises(ConfigurationError, match="edit_lang"):
         EditedHFLM(pretrained=str(tmp_path), method="none", edit_lang="English!")
+    for name, value in [("edit_batch", 0), ("edit_batch", "four"), ("cross_case_batch", -2), ("edit_batch", 2.5)]:
+        with pytest.raises(ConfigurationError, match=f"{name} must be a positive integer"):
+            EditedHFLM(pretrained=str(tmp_path), method="none", **{name: value})
 
 
 def test_bad_hparams(tiny_gpt2, tmp_path):

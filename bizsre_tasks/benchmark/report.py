@@ -111,7 +111,9 @@ def write_outputs(result: dict[str, Any], json_path: Path, markdown_path: Path |
             "gradients for all weights, logits at all positions, no activation reuse ("
             + (f"timed on {result['naive_cases']} cases" if result.get("naive_cases") else "not run") + "); *batch8/batch1* compares per-case time of weight-free methods at "
             f"batch size 8 and 1 over {result.get('batching_cases', '?')} cases; *full run min* = mean case seconds × the "
-            f"test file's {result.get('test_file_cases', '?')} cases.\n\n" + table
+            f"test file's {result.get('test_file_cases', '?')} cases. Weight methods take cases in chunks of "
+            f"{result.get('edit_batch', 1)} (`edit_batch`): work a method does for a whole chunk (ROME/MEMIT's δ "
+            "optimisation) is counted in equal shares in each case's *apply* and *case* times.\n\n" + table
             + "\n## Targets\n\n" + targets_table(result["methods"])
         )
     return table + "\n" + targets_table(result["methods"])

@@ -20,6 +20,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--edit-lang", default="en")
     parser.add_argument("--protocol", default="teacher_forced", choices=["generate", "teacher_forced"])
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--edit-batch", type=int, default=4,
+                        help="cases whose edits a weight method may prepare together (edited-hf's edit_batch; default 4)")
     parser.add_argument("--naive", action="store_true", help="also run the textbook path and report optimised/naive ratios")
     parser.add_argument("--naive-cases", type=int, default=2, help="cases timed on the (slow) naive path (default 2)")
     parser.add_argument("--batching-cases", type=int, default=16,
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     start = time.perf_counter()
     lm = EditedHFLM(pretrained=args.pretrained, method="none", edit_lang=args.edit_lang, protocol=args.protocol,
-                    batch_size=args.batch_size, train_file=args.train_file, device="cpu" if not _cuda() else "cuda")
+                    batch_size=args.batch_size, edit_batch=args.edit_batch, train_file=args.train_file, device="cpu" if not _cuda() else "cuda")
     model_load_s = time.perf_counter() - start
     metadata = {"test_file": test_file, "edit_lang": args.edit_lang, "protocol": args.protocol, "pretrained": lm.editor.context.model_name}
     tasks = [t.strip() for t in args.tasks.split(",")]
@@ -94,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         "cases": args.cases,
         "test_file_cases": total_cases,
         "batching_cases": args.batching_cases,
+        "edit_batch": args.edit_batch,
         "naive_cases": args.naive_cases if args.naive else 0,
         "tasks": list(requests_by_task),
         "protocol": args.protocol,

@@ -1,7 +1,8 @@
 """The protocol every editing method implements, and what the wrapper hands to it.
 
 A method is built once per run (`__init__` + `prepare`), then `apply(request)` is called once per
-test case. `apply` returns an `AppliedEdit`: the wrapper answers the case's questions through it
+test case (weight methods first get `precompute(requests)` for each chunk of upcoming cases).
+`apply` returns an `AppliedEdit`: the wrapper answers the case's questions through it
 (`rewrite_prompt` lets in-context methods change the prompt, weight methods leave it alone) and
 calls `restore()` before the next case. Methods that change weights must make `restore()` put every
 touched tensor back bit for bit; `WeightBackup` does that for them.
@@ -152,6 +153,13 @@ class EditingMethod(ABC):
 
     def validate_hparams(self) -> None:
         """Range checks beyond types (e.g. layer indices); raise ConfigurationError."""
+
+    def precompute(self, requests: list[EditRequest]) -> None:
+        """Optional: work for several upcoming edits done together (ROME/MEMIT optimise their δ in one batch).
+
+        The wrapper calls it with a chunk of cases (model_arg `edit_batch`) on the unedited model, then
+        applies, answers and restores them one by one, so what is kept here must be computed against the
+        unedited weights. `apply` must work whether or not it was called. Default: nothing."""
 
     @abstractmethod
     def apply(self, request: EditRequest) -> AppliedEdit:

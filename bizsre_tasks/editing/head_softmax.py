@@ -105,6 +105,12 @@ class HeadObjective:
         drift = lse[n:] - lse0 - ((drift_hidden.float() - hidden0) * expected0).sum(-1)
         return log_probs, drift
 
+    def keep_drift_rows(self, kept: torch.Tensor) -> None:
+        """Keep the recorded original distribution only for the drift rows where `kept` (a mask) is True:
+        later calls pass those rows alone."""
+        if self._reference is not None:
+            self._reference = tuple(part[kept] for part in self._reference)
+
     def _exact(self, hidden, n, target_ids, has_drift):
         log_probs = torch.log_softmax(head_logits(self.model, hidden).float(), dim=-1)
         picked = log_probs[:n].gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)

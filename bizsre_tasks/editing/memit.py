@@ -2,7 +2,7 @@
 of consecutive MLP output projections.
 
 1. Target: δ is optimised at the MLP output of the window's LAST layer exactly as in ROME
-   (`rome.optimise_delta`); the residual stream after that layer with δ applied is the target z.
+   (`value_delta`); the residual stream after that layer with δ applied is the target z.
    Optimising at the MLP output rather than in the residual stream keeps the target reachable on
    post-norm architectures (Gemma's post_feedforward_layernorm, gains up to ~700): a residual-stream
    target written straight into the projection would be rescaled by that norm.
@@ -24,15 +24,8 @@ import torch
 
 from bizsre_tasks.editing.base import EditFailedError, EditRequest
 from bizsre_tasks.editing.common import naive_mode
-from bizsre_tasks.editing.rome import (
-    SHARED_HPARAMS,
-    DeltaAtSubject,
-    EditBatch,
-    KeyValueEditor,
-    _first,
-    auto_layer,
-    optimise_delta,
-)
+from bizsre_tasks.editing.rome import SHARED_HPARAMS, KeyValueEditor, auto_layer
+from bizsre_tasks.editing.value_delta import DeltaAtSubject, EditBatch, first_output
 from bizsre_tasks.editing.second_moments import regularised
 from bizsre_tasks.errors import ConfigurationError
 
@@ -51,7 +44,7 @@ def run_until(model, layers: torch.nn.ModuleList, batch: EditBatch, last: int) -
     captured: dict[str, torch.Tensor] = {}
 
     def hook(module, args, output):
-        captured["h"] = _first(output)[:, batch.split].detach()
+        captured["h"] = first_output(output)[:, batch.split].detach()
         if not naive_mode():  # the benchmark's textbook path runs the whole model
             raise _Stop
 
@@ -129,9 +122,9 @@ class Memit(KeyValueEditor):
         layers = self.edit_layers()
         last = layers[-1]
         stack = self.layout.module("layers")
-        batch = self._batch(request)
-        n = batch.n_rewrite
-        result = optimise_delta(self, batch, last)
+        rows, result = self._delta(request)
+        batch = self._batch([rows])
+        n = rows.n_rewrite
         delta = result.delta
         h_start = run_until(self.model, stack, batch, last)[:n]
         with DeltaAtSubject(self.layout.module("mlp_out", last), batch.split, lambda values: delta):

@@ -6,49 +6,40 @@ at the subject's last token, the value its output there. An edit
 1. computes k* (averaged over the prompt and a few short generated prefixes in front of it, which
    makes the key less dependent on the words before the subject),
 2. optimises a vector δ added to W's output at the subject's last token so that the model outputs
-   the new target (NLL of the target tokens), while a KL term keeps the next-token distribution of
-   a neutral prompt ("{subject} is a") close to the original and a decay term keeps δ small,
+   the new target (`value_delta`: target NLL, KL at a neutral prompt, decay),
 3. installs v* = W k* + δ with the closed form ΔW = δ (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*), C = E[k kᵀ] over
    a corpus (see `second_moments`), so that keys unlike k* are disturbed as little as possible.
 
 δ lives at the projection's output, before any norm that follows it (Gemma's
 post_feedforward_layernorm), so post-norm architectures need nothing special.
 
-Speed: gradients are enabled only on δ. The rows of the edit batch are left padded so that the
-subject token sits in the same column everywhere; the columns before it cannot be reached by δ, so
-they are run once into a key/value cache, and every step runs only the columns from the subject on.
-Within those, the layers below L compute the same thing every step and are replayed from the first
-step (`LayerReplay`). The LM head is applied only at the target positions and the KL position, and
-the optimisation stops once the target NLL is low. The head's softmax is taken in one pass over its
-weight (`head_softmax`). In `common.naive_mode()` (the benchmark's
-textbook path) neither the prefix cache nor the replay is used: every step runs all columns and layers.
+Every case's δ is computed against the unedited model, so the wrapper may hand several upcoming
+cases to `precompute`: their δ are optimised together in one batch (`value_delta.optimise_deltas`)
+and each `apply` then only installs its own rank-one update.
 
-This module also holds the pieces MEMIT (memit.py) shares: the edit batch, the δ optimisation and
-the statistics loading.
+This module also holds what MEMIT (memit.py) shares: prefixes, statistics, precomputed δ, checks.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from bizsre_tasks.editing import second_moments
-from bizsre_tasks.editing.base import EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import (
-    encode_prompt,
-    encode_target,
-    find_subject_last_token,
-    gather_positions,
-    head_logits,
-    mean_sequence_nll,
-    naive_mode,
+from bizsre_tasks.editing.base import EditFailedError, EditRequest, EditingMethod, WeightBackup, WeightEdit
+from bizsre_tasks.editing.common import encode_prompt, head_logits, naive_mode
+from bizsre_tasks.editing.value_delta import (
+    CaseRows,
+    DeltaResult,
+    EditBatch,
+    build_edit_batch,
+    case_rows,
+    optimise_delta,
+    optimise_deltas,
 )
-from bizsre_tasks.editing.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -93,262 +84,6 @@ def auto_layer(model_type: str, num_layers: int) -> int:
     return min(num_layers - 1, max(0, round(fraction * (num_layers - 1))))
 
 
-# --- the edit batch -------------------------------------------------------------------------------
-@dataclass
-class EditBatch:
-    """Rewrite rows (context prefix + prompt + target) followed by KL rows (neutral prompt).
-
-    Rows are left padded so that every row's subject token sits in column `split`: the columns
-    before it do not depend on δ, so the optimisation computes them once (a key/value cache) and
-    each step runs only columns `split`.. . Explicit position ids keep the padding invisible.
-    """
-
-    input_ids: torch.Tensor  # (B, W)
-    attention_mask: torch.Tensor  # (B, W)
-    position_ids: torch.Tensor  # (B, W)
-    split: int  # column of every row's subject (last) token
-    n_rewrite: int
-    target_ids: torch.Tensor  # (n_rewrite, T), -100 padded
-    target_positions: torch.Tensor  # (n_rewrite, T) column whose logits predict each target token
-    kl_positions: torch.Tensor  # (B - n_rewrite,) column of the last token of each KL row
-
-    @property
-    def target_mask(self) -> torch.Tensor:
-        return self.target_ids != -100
-
-    def forward(self, model, start: int = 0, past_key_values=None, use_cache: bool = False):
-        """The transformer body on columns start.. (the earlier ones come from `past_key_values`)."""
-        return model.base_model(
-            input_ids=self.input_ids[:, start:], attention_mask=self.attention_mask,
-            position_ids=self.position_ids[:, start:], past_key_values=past_key_values, use_cache=use_cache,
-        )
-
-    def prefix_cache(self, model):
-        """Key/value cache of the columns before `split` (None if the model returns none)."""
-        if self.split == 0:
-            return None
-        with torch.no_grad():
-            outputs = model.base_model(
-                input_ids=self.input_ids[:, : self.split], attention_mask=self.attention_mask[:, : self.split],
-                position_ids=self.position_ids[:, : self.split], use_cache=True,
-            )
-        return getattr(outputs, "past_key_values", None)
-
-
-def build_edit_batch(tokenizer, request: EditRequest, prefixes: list[str], kl_prompt: str, device) -> EditBatch:
-    rows, subjects, target_starts = [], [], []
-    target = encode_target(tokenizer, request.target_text)
-    if not target:
-        raise EditFailedError(f"target {request.target_text!r} tokenises to nothing")
-    for prefix in [""] + prefixes:
-        prompt = prefix + request.prompt
-        prompt_ids = encode_prompt(tokenizer, prompt)
-        rows.append(prompt_ids + target)
-        subjects.append(find_subject_last_token(tokenizer, prompt, request.subject))
-        target_starts.append(len(prompt_ids) - 1)
-    n_rewrite = len(rows)
-    kl_ends = []
-    if kl_prompt:
-        text = kl_prompt.format(subject=request.subject)
-        ids = encode_prompt(tokenizer, text)
-        rows.append(ids)
-        subjects.append(find_subject_last_token(tokenizer, text, request.subject))
-        kl_ends.append(len(ids) - 1)
-    split = max(subjects)
-    pads = [split - s for s in subjects]
-    width = max(pad + len(row) for pad, row in zip(pads, rows))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, (pad, row) in enumerate(zip(pads, rows)):
-        input_ids[b, pad : pad + len(row)] = torch.tensor(row)
-        attention_mask[b, pad : pad + len(row)] = 1
-    position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
-    target_ids = torch.tensor([target] * n_rewrite, dtype=torch.long)
-    positions = torch.tensor([[pads[b] + start + i for i in range(len(target))] for b, start in enumerate(target_starts)])
-    kl_positions = torch.tensor([pads[n_rewrite + i] + end for i, end in enumerate(kl_ends)], dtype=torch.long)
-    return EditBatch(
-        input_ids.to(device), attention_mask.to(device), position_ids.to(device), split, n_rewrite,
-        target_ids.to(device), positions.to(device), kl_positions.to(device),
-    )
-
-
-# --- hooks ----------------------------------------------------------------------------------------
-def _first(output):
-    return output[0] if isinstance(output, tuple) else output
-
-
-def _hidden(outputs) -> torch.Tensor:
-    return outputs.last_hidden_state if hasattr(outputs, "last_hidden_state") else outputs[0]
-
-
-class LayerReplay:
-    """Run the layers below `upto` once, then replay their recorded outputs.
-
-    While δ is optimised the input never changes and δ only acts from layer `upto` on, so the
-    layers below compute the same thing every step. `record()` captures their outputs during one
-    forward; inside `with replay:` those layers return the recordings without computing anything.
-    """
-
-    def __init__(self, layers: torch.nn.ModuleList, upto: int):
-        self.layers = [layers[i] for i in range(upto)]
-        self.outputs: list[Any] = [None] * upto
-        self._handles: list = []
-        self._saved: list = []
-
-    def record(self):
-        def hook_for(index):
-            def hook(module, args, output):
-                self.outputs[index] = output
-            return hook
-
-        self._handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(self.layers)]
-        return self
-
-    def stop_recording(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self):
-        self.stop_recording()
-        self._saved = [layer.__dict__.get("forward") for layer in self.layers]
-        for layer, output in zip(self.layers, self.outputs):
-            layer.forward = lambda *args, _output=output, **kwargs: _output
-        return self
-
-    def __exit__(self, *exc):
-        for layer, saved in zip(self.layers, self._saved):
-            if saved is None:
-                del layer.forward
-            else:
-                layer.forward = saved
-        return False
-
-
-class DeltaAtSubject:
-    """Forward hooks on `mlp_out` of one layer: record its input (the key) and output (the value) at
-    column `column` of every row and add δ = make_delta(values) to the output there."""
-
-    def __init__(self, module: torch.nn.Module, column: int, make_delta=None):
-        self.module = module
-        self.column = column
-        self.make_delta = make_delta  # values at the subject column -> δ (None: add nothing)
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-        self._handles: list = []
-
-    def __enter__(self):
-        def pre_hook(module, args):
-            self.keys = args[0][:, self.column].detach()
-
-        def hook(module, args, output):
-            self.values = output[:, self.column].detach()
-            if self.make_delta is None:
-                return None
-            mask = torch.zeros(output.shape[1], 1, dtype=output.dtype, device=output.device)
-            mask[self.column] = 1
-            return output + mask * self.make_delta(self.values).to(output.dtype)
-
-        self._handles = [self.module.register_forward_pre_hook(pre_hook), self.module.register_forward_hook(hook)]
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        return False
-
-
-def _picked_hidden(batch: EditBatch, hidden: torch.Tensor, offset: int):
-    """Hidden states at the target positions (n_rewrite·T, d) and at the KL positions (n_kl, d) or None;
-    `hidden` holds columns offset.. of the batch."""
-    targets = gather_positions(hidden[: batch.n_rewrite], batch.target_positions - offset).reshape(-1, hidden.shape[-1])
-    if hidden.shape[0] == batch.n_rewrite:
-        return targets, None
-    kl_rows = torch.arange(batch.n_rewrite, hidden.shape[0], device=hidden.device)
-    return targets, hidden[kl_rows, batch.kl_positions - offset]
-
-
-@dataclass
-class DeltaResult:
-    delta: torch.Tensor  # (d_out,) the change of the layer output at the subject token
-    keys: torch.Tensor  # (B, d_in) keys of every row (rewrite rows first)
-    values: torch.Tensor  # (B, d_out) original outputs of every row
-    nll: float
-    steps: int
-
-
-def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> DeltaResult:
-    """Find δ for `mlp_out` of `layer` (see the module docstring); raises EditFailedError on NaN/inf."""
-    hp = method.hparams
-    model, layout = method.model, method.layout
-    # The benchmark's textbook path reuses nothing: no layer is replayed, no prefix is cached.
-    naive = naive_mode()
-    replay = LayerReplay(layout.module("layers"), 0 if naive else layer)
-    mask = batch.target_mask
-    state: dict[str, Any] = {}
-
-    def make_delta(values: torch.Tensor) -> torch.Tensor:
-        # First call: δ = scale·θ with scale the RMS of the original value, so θ's coordinates are O(1)
-        # whatever the layer's output size; θ is the only tensor with a gradient.
-        if "theta" not in state:
-            v = values[0].detach().float()
-            state["v_norm"] = v.norm().clamp(min=1e-6)
-            state["scale"] = state["v_norm"] / math.sqrt(v.numel())
-            state["theta"] = torch.zeros_like(v, requires_grad=True)
-        return state["scale"] * state["theta"]
-
-    # The columns before the subject, once: δ cannot reach them. Without a cache, every step runs all columns.
-    prefix_cache = None if naive else batch.prefix_cache(model)
-    start = batch.split if prefix_cache is not None else 0
-    nll_value, steps, optimiser = math.inf, 0, None
-    objective = HeadObjective(model)
-    with DeltaAtSubject(layout.module("mlp_out", layer), batch.split - start, make_delta) as probe, torch.enable_grad():
-        replay.record()
-        for step in range(hp["steps"] + 1):
-            cache = copy.deepcopy(prefix_cache)  # each forward appends to the cache it is given
-            if step == 0:
-                # The first forward runs every layer and records what later steps replay.
-                outputs = batch.forward(model, start, cache, use_cache=cache is not None)
-                replay.stop_recording()
-            else:
-                with replay:
-                    outputs = batch.forward(model, start, cache, use_cache=cache is not None)
-            target_hidden, kl_hidden = _picked_hidden(batch, _hidden(outputs), start)
-            # The head only at those rows; KL(original ‖ edited) at the neutral prompt's last token.
-            picked, kl = objective(target_hidden, batch.target_ids.clamp(min=0).reshape(-1), kl_hidden)
-            picked = picked.view(batch.target_ids.shape)
-            if step == 0:
-                optimiser = torch.optim.Adam([state["theta"]], lr=hp["lr"])
-            nll = mean_sequence_nll(picked, mask)
-            nll_value = float(nll.detach())
-            if not math.isfinite(nll_value):
-                raise EditFailedError(f"target NLL became {nll_value} while optimising the edit at layer {layer}")
-            # Stop on the worst token: one unlearnt token breaks the answer however low the mean is.
-            worst = float(-(picked.detach() * mask).min())
-            logger.debug("δ step %d: mean NLL %.3f, worst token NLL %.3f", step, nll_value, worst)
-            if worst < hp["nll_stop"] or step == hp["steps"]:
-                break
-            loss = nll
-            if kl is not None and hp["kl_factor"] > 0:
-                loss = loss + hp["kl_factor"] * kl.mean()
-            theta = state["theta"]
-            loss = loss + hp["weight_decay"] * (state["scale"] * theta.norm() / state["v_norm"]) ** 2
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            steps += 1
-            with torch.no_grad():
-                limit = hp["clamp_norm_factor"] * math.sqrt(theta.numel())  # |δ| ≤ factor·|v|
-                norm = theta.norm()
-                if norm > limit:
-                    theta.mul_(limit / norm)
-    delta = (state["scale"] * state["theta"]).detach()
-    if not torch.isfinite(delta).all():
-        raise EditFailedError(f"the optimised value change at layer {layer} is not finite")
-    return DeltaResult(delta, probe.keys, probe.values, nll_value, steps)
-
-
 # --- shared method plumbing -----------------------------------------------------------------------
 class KeyValueEditor(EditingMethod):
     """What ROME and MEMIT share: prefixes, statistics, hparam checks and failure handling."""
@@ -357,6 +92,7 @@ class KeyValueEditor(EditingMethod):
         super().__init__(context, hparams)
         self._prefixes: dict[str, list[str]] = {}
         self._layer_stats: dict[int, torch.Tensor] = {}
+        self._precomputed: dict[EditRequest, DeltaResult | EditFailedError] = {}
         self.last_info: dict[str, Any] = {}
 
     # layers this method edits (after auto-resolution)
@@ -435,8 +171,50 @@ class KeyValueEditor(EditingMethod):
             texts.append(text + joiner)
         return texts
 
-    def _batch(self, request: EditRequest) -> EditBatch:
-        return build_edit_batch(self.tokenizer, request, self.prefixes(request.lang), self.hparams["kl_prompt"], self.context.device)
+    def _rows(self, request: EditRequest) -> CaseRows:
+        return case_rows(self.tokenizer, request, self.prefixes(request.lang), self.hparams["kl_prompt"])
+
+    def _batch(self, rows: list[CaseRows]) -> EditBatch:
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        return build_edit_batch(rows, pad_id, self.context.device)
+
+    def delta_layer(self) -> int:
+        """The layer whose MLP output δ is optimised at."""
+        return self.edit_layers()[-1]
+
+    def precompute(self, requests: list[EditRequest]) -> None:
+        """Optimise the δ of all `requests` in one batch; each `apply` then uses its own. A case that
+        fails here fails again, with the same reason, when it is applied."""
+        self.ensure_prepared()
+        self._precomputed = {}
+        if naive_mode() or len(requests) < 2:  # the textbook path edits one case at a time
+            return
+        built: list[tuple[EditRequest, CaseRows]] = []
+        for request in requests:
+            try:
+                built.append((request, self._rows(request)))
+            except EditFailedError as exc:
+                self._precomputed[request] = exc
+        if not built:
+            return
+        try:
+            results = optimise_deltas(self, self._batch([rows for _, rows in built]), self.delta_layer())
+        except EditFailedError as exc:
+            # Raised for the batch as a whole (one case's rows beyond the model's context): every case is
+            # optimised alone when it is applied, and only the one at fault fails.
+            logger.info("%s: δ of %d cases not optimised together (%s); one at a time instead", self.name, len(built), exc)
+            return
+        self._precomputed.update({request: result for (request, _), result in zip(built, results)})
+
+    def _delta(self, request: EditRequest) -> tuple[CaseRows, DeltaResult]:
+        """The case's rows and δ: the precomputed one if there is one, else optimised now."""
+        precomputed = self._precomputed.pop(request, None)
+        if isinstance(precomputed, EditFailedError):
+            raise precomputed
+        rows = self._rows(request)
+        if precomputed is None:
+            precomputed = optimise_delta(self, self._batch([rows]), self.delta_layer())
+        return rows, precomputed
 
     def _check_update(self, layer: int, weight: torch.Tensor, update: torch.Tensor) -> None:
         if not torch.isfinite(update).all():
@@ -477,10 +255,9 @@ class Rome(KeyValueEditor):
 
     def _edit(self, request: EditRequest) -> None:
         (layer,) = self.edit_layers()
-        batch = self._batch(request)
-        result = optimise_delta(self, batch, layer)
+        rows, result = self._delta(request)
         # k*: the mean key over the rewrite rows (prompt with and without prefixes).
-        key = result.keys[: batch.n_rewrite].double().mean(0)
+        key = result.keys[: rows.n_rewrite].double().mean(0)
         factor = self._layer_stats[layer]
         u = torch.cholesky_solve(key.unsqueeze(1).cpu(), factor).squeeze(1)  # C⁻¹ k*
         denominator = float(u @ key.cpu())
