@@ -4,7 +4,8 @@
     python scripts/memory_soak.py --method rome --edits 300 --checkpoints 50,300 [--test-file F]
 
 Each step applies the edit of the next test case (cycling through the file), answers its reliability
-question under the edit (teacher forcing) and restores the model, the way edited-hf does per case.
+question under the edit (teacher forcing) and restores the model, the way edited-hf does per case
+(including the method's `precompute` for each chunk of `--edit-batch` cases).
 Prints the RSS at the checkpoints and writes a JSON with every step's RSS.
 """
 
@@ -26,6 +27,7 @@ def main() -> int:
     parser.add_argument("--test-file")
     parser.add_argument("--edit-lang", default="en")
     parser.add_argument("--pretrained")
+    parser.add_argument("--edit-batch", type=int, default=4, help="cases per precompute chunk (edited-hf's edit_batch)")
     parser.add_argument("--json", default="memory_soak.json")
     args = parser.parse_args()
 
@@ -43,13 +45,19 @@ def main() -> int:
     process = psutil.Process()
     checkpoints = {int(c) for c in args.checkpoints.split(",")}
     trace, start = [], time.perf_counter()
-    for step in range(1, args.edits + 1):
+    def request_for(step: int) -> EditRequest:
         part = test_set.cases[(step - 1) % len(test_set.cases)].part(args.edit_lang)
         prompt = template.format(question=prompts.clean_question(part.src))
-        request = EditRequest(prompt=prompt, target=part.alt, subject=part.subject, lang=args.edit_lang, target_separator=separator, case_key=f"soak:{step}")
+        return EditRequest(prompt=prompt, target=part.alt, subject=part.subject, lang=args.edit_lang, target_separator=separator, case_key=f"soak:{step}")
+
+    for step in range(1, args.edits + 1):
+        request = request_for(step)
+        if (step - 1) % args.edit_batch == 0:  # as edited-hf does: the chunk's shared work first
+            lm.editor.precompute([request_for(s) for s in range(step, min(step + args.edit_batch, args.edits + 1))])
+        prompt = request.prompt
         applied = lm.editor.apply(request)
         try:
-            teacher_forced_answers(lm.model, lm.tokenizer, [applied.rewrite_prompt(prompt)], [separator + part.alt])
+            teacher_forced_answers(lm.model, lm.tokenizer, [applied.rewrite_prompt(prompt)], [request.target_text])
         finally:
             applied.restore()
         rss_gb = process.memory_info().rss / 2**30
