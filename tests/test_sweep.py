@@ -189,3 +189,12 @@ def test_real_sweep_and_report_on_tiny_model(tiny_gemma: Path, tmp_path: Path, m
     assert len(rows) == 2 and rows[1].startswith(f"{tiny_gemma.name},teacher_forced,zh,No edit,")
     assert (out / "report" / "cases.md").is_file()
     assert (out / "report" / f"radar_{tiny_gemma.name}_teacher_forced.png").is_file()
+
+
+def test_key_value_options_keep_plugin_class_names() -> None:
+    from bizsre_tasks.commands.sweep import key_value_pairs
+
+    pairs = key_value_pairs(["ROME=a.yaml", "my_pkg.methods:FancyEdit=b.yaml"], "--hparams", "METHOD=YAML")
+    assert pairs == {"rome": "a.yaml", "my_pkg.methods:FancyEdit": "b.yaml"}
+    with pytest.raises(ConfigurationError, match="--hparams expects METHOD=YAML"):
+        key_value_pairs(["rome"], "--hparams", "METHOD=YAML")

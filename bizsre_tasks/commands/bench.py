@@ -32,18 +32,6 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--markdown", default=None, help="write the Markdown report here (e.g. BENCHMARKS.md)")
 
 
-def _pairs(items: list[str], flag: str) -> dict[str, str]:
-    from bizsre_tasks.errors import ConfigurationError
-
-    pairs = {}
-    for item in items:
-        method, sep, value = item.partition("=")
-        if not sep or not value:
-            raise ConfigurationError(f"{flag} expects METHOD=VALUE, got {item!r}")
-        pairs[method] = value
-    return pairs
-
-
 def default_test_file() -> str:
     shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "bizsre" / "bizsre_test_en_zh.json"
     from bizsre_tasks.data_loading import SAMPLE_TEST_FILE
@@ -55,14 +43,15 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from bizsre_tasks.benchmark import report, runner
+    from bizsre_tasks.commands.sweep import key_value_pairs, method_key
     from bizsre_tasks.benchmark.requests import build_requests
     from bizsre_tasks.editing.registry import read_hparams_file
     from bizsre_tasks.editing_wrapper import EditedHFLM
 
-    hparams_files = _pairs(args.hparams, "--hparams")
-    checkpoints = _pairs(args.checkpoint, "--checkpoint")
+    hparams_files = key_value_pairs(args.hparams, "--hparams", "METHOD=YAML")
+    checkpoints = key_value_pairs(args.checkpoint, "--checkpoint", "METHOD=DIR")
     test_file = args.test_file or default_test_file()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [method_key(m.strip()) for m in args.methods.split(",") if m.strip()]
     start = time.perf_counter()
     lm = EditedHFLM(pretrained=args.pretrained, method="none", edit_lang=args.edit_lang, protocol=args.protocol,
                     batch_size=args.batch_size, edit_batch=args.edit_batch, train_file=args.train_file, device="cpu" if not _cuda() else "cuda")

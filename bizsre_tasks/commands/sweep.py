@@ -45,8 +45,13 @@ def key_value_pairs(items: list[str], option: str, form: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ConfigurationError(f"{option} expects {form}, got '{item}'")
-        pairs[key.strip().lower()] = value.strip()
+        pairs[method_key(key.strip())] = value.strip()
     return pairs
+
+
+def method_key(name: str) -> str:
+    """Built-in method names are case-insensitive; a plugin's `package.module:ClassName` keeps its case."""
+    return name if ":" in name else name.lower()
 
 
 def run(args: argparse.Namespace) -> int:

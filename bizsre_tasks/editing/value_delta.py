@@ -361,7 +361,7 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
             log_probs, kl = objective(target_hidden, current.target_id, kl_hidden)
             token_nll = -log_probs
             rows = current.row_case.shape[0]
-            row_nll = torch.zeros(rows, dtype=token_nll.dtype).index_add(0, current.target_row, token_nll)
+            row_nll = torch.zeros(rows, dtype=token_nll.dtype, device=token_nll.device).index_add(0, current.target_row, token_nll)
             row_nll = row_nll / torch.bincount(current.target_row, minlength=rows).clamp(min=1)
             token_case, kl_case = current.row_case[current.target_row], current.row_case[current.kl_row]
             loss, stepping = None, []
