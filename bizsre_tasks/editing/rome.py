@@ -92,7 +92,7 @@ class KeyValueEditor(EditingMethod):
         super().__init__(context, hparams)
         self._prefixes: dict[str, list[str]] = {}
         self._layer_stats: dict[int, torch.Tensor] = {}
-        self._precomputed: dict[EditRequest, DeltaResult | EditFailedError] = {}
+        self._precomputed: dict[EditRequest, tuple[CaseRows, DeltaResult] | EditFailedError] = {}
         self.last_info: dict[str, Any] = {}
 
     # layers this method edits (after auto-resolution)
@@ -183,8 +183,8 @@ class KeyValueEditor(EditingMethod):
         return self.edit_layers()[-1]
 
     def precompute(self, requests: list[EditRequest]) -> None:
-        """Optimise the δ of all `requests` in one batch; each `apply` then uses its own. A case that
-        fails here fails again, with the same reason, when it is applied."""
+        """Optimise the δ of all `requests` in one batch; each `apply` then uses its own (with the rows
+        tokenised here). A case that fails here fails again, with the same reason, when it is applied."""
         self.ensure_prepared()
         self._precomputed = {}
         if naive_mode() or len(requests) < 2:  # the textbook path edits one case at a time
@@ -204,17 +204,18 @@ class KeyValueEditor(EditingMethod):
             # optimised alone when it is applied, and only the one at fault fails.
             logger.info("%s: δ of %d cases not optimised together (%s); one at a time instead", self.name, len(built), exc)
             return
-        self._precomputed.update({request: result for (request, _), result in zip(built, results)})
+        for (request, rows), result in zip(built, results):
+            self._precomputed[request] = result if isinstance(result, EditFailedError) else (rows, result)
 
     def _delta(self, request: EditRequest) -> tuple[CaseRows, DeltaResult]:
-        """The case's rows and δ: the precomputed one if there is one, else optimised now."""
+        """The case's rows and δ: the precomputed ones if there are, else computed now."""
         precomputed = self._precomputed.pop(request, None)
         if isinstance(precomputed, EditFailedError):
             raise precomputed
+        if precomputed is not None:
+            return precomputed
         rows = self._rows(request)
-        if precomputed is None:
-            precomputed = optimise_delta(self, self._batch([rows]), self.delta_layer())
-        return rows, precomputed
+        return rows, optimise_delta(self, self._batch([rows]), self.delta_layer())
 
     def _check_update(self, layer: int, weight: torch.Tensor, update: torch.Tensor) -> None:
         if not torch.isfinite(update).all():

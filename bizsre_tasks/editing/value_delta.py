@@ -389,8 +389,7 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
             for state in stepping:
                 state.optimiser.zero_grad()
             loss.backward()
-            with torch.no_grad():
-                limit = hp["clamp_norm_factor"] * math.sqrt(stepping[0].theta.numel())  # |δ| ≤ factor·|v|
+            limit = hp["clamp_norm_factor"] * math.sqrt(stepping[0].theta.numel())  # |δ| ≤ factor·|v|
             for state in stepping:
                 state.optimiser.step()
                 state.steps += 1
