@@ -293,25 +293,25 @@ class EditedHFLM(HFLM):
             finished([case])
 
     def _answer_weight_free_chunk(self, requests: list, cases: list[CaseWork], answers: list) -> None:
-        """A chunk of cases for a weight-free method: pre-edit answers, all edits, all post-edit answers
-        batched across the cases, then every restore."""
+        """A chunk of cases for a weight-free method: all edits, then the pre-edit and post-edit answers of
+        every case in one call (such an edit only rewrites prompts, so the unedited model answers the
+        pre-edit questions whatever edits are in force; one larger call batches questions of similar
+        length together), then every restore."""
         clock = time.perf_counter
         started = clock()
-        self._answer_pre_edit(requests, cases, answers)
-        edit_started = clock()
         applied = self._apply_all(cases)
         answer_started = clock()
         try:
+            pre = [i for case in cases for i in case.pre_edit]
             post = [i for case in cases for i in case.post_edit]
-            edits = [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
-            self._store(answers, post, self._answer(requests, post, edits))
+            edits = [AppliedEdit()] * len(pre) + [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
+            self._store(answers, pre + post, self._answer(requests, pre + post, edits))
         finally:
             restore_started = clock()
             for edit in applied:
                 edit.restore()
             done = clock()
-        self._record_timing(cases, answer_started - edit_started,
-                            (edit_started - started) + (restore_started - answer_started), done - restore_started)
+        self._record_timing(cases, answer_started - started, restore_started - answer_started, done - restore_started)
 
     def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
         pre = [i for case in cases for i in case.pre_edit]

@@ -7,7 +7,17 @@ import logging
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, gather_positions, hidden_states, logits_at, naive_mode
+from bizsre_tasks.editing.common import (
+    PromptTargetBatch,
+    context_length,
+    encode_rows,
+    gather_positions,
+    hidden_states,
+    length_sorted_batches,
+    logits_at,
+    naive_mode,
+    pad_rows,
+)
 from bizsre_tasks.editing.head_softmax import head_argmax
 
 logger = logging.getLogger(__name__)
@@ -15,27 +25,38 @@ logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def teacher_forced_answers(model, tokenizer, prompts: list[str], target_texts: list[str], batch_size: int = 8) -> list[str]:
-    answers: list[str] = []
+    answers: list[str] = [""] * len(prompts)
+    if not prompts:
+        return answers
     device = next(model.parameters()).device
     # Prompts longer than the context (a method's long in-context prefix) lose their beginning,
     # never the target; the wrapper's checks refuse test questions that do not fit on their own.
-    max_length, truncated = context_length(model), 0
-    for start in range(0, len(prompts), batch_size):
-        batch = build_batch(tokenizer, prompts[start : start + batch_size], target_texts[start : start + batch_size], device, max_length)
-        truncated += len(batch.truncated)
-        answers += argmax_answers(tokenizer, predicted_tokens(model, batch), batch)
+    max_length = context_length(model)
+    rows = encode_rows(tokenizer, prompts, target_texts, max_length)
+    for members in length_sorted_batches(rows, batch_size):
+        batch = pad_rows([rows[i] for i in members], tokenizer.pad_token_id, device)
+        for i, answer in zip(members, argmax_answers(tokenizer, predicted_tokens(model, batch), batch)):
+            answers[i] = answer
+    truncated = sum(row.truncated for row in rows)
     if truncated:
         logger.warning("teacher forcing: %d prompt(s) longer than the model's context of %d tokens lost their beginning", truncated, max_length)
     return answers
 
 
 def predicted_tokens(model, batch: PromptTargetBatch) -> torch.Tensor:
-    """The argmax token (B, T) at every target position; the head runs at those positions only (in the
-    benchmark's naive path: full logits everywhere, then picked)."""
+    """The argmax token (B, T) at every target position (0 at padded ones); the head runs at real target
+    positions only (in the benchmark's naive path: full logits everywhere, then picked)."""
     if naive_mode():
         return logits_at(model, batch.input_ids, batch.attention_mask, batch.positions).argmax(-1)
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
-    return head_argmax(model, gather_positions(hidden, batch.positions))
+    return argmax_at_targets(model, hidden_states(model, batch.input_ids, batch.attention_mask), batch.positions, batch.target_mask)
+
+
+def argmax_at_targets(model, hidden: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The head's argmax (B, T) of `hidden` (B, L, D) at `positions` (B, T) where `mask` is set, 0 elsewhere:
+    padded target slots of a batch whose targets differ in length cost no pass over the vocabulary."""
+    tokens = torch.zeros_like(positions)
+    tokens[mask] = head_argmax(model, gather_positions(hidden, positions)[mask])
+    return tokens
 
 
 def argmax_answers(tokenizer, tokens: torch.Tensor, batch: PromptTargetBatch) -> list[str]:

@@ -65,6 +65,22 @@ def test_weight_free_methods_batch_across_cases(tiny_gpt2):
     assert metric(results, "bizsre_reliability") >= 0.0
 
 
+def test_weight_free_chunk_answers_pre_and_post_edit_questions_in_one_call(tiny_gpt2, monkeypatch):
+    from bizsre_tasks import editing_wrapper
+
+    calls = []
+    real = editing_wrapper.teacher_forced_answers
+    monkeypatch.setattr(editing_wrapper, "teacher_forced_answers", lambda m, t, prompts, *rest: calls.append(len(prompts)) or real(m, t, prompts, *rest))
+    args = _args(tiny_gpt2, protocol="teacher_forced", cross_case_batch=2)
+    edited = run_harness({**args, "method": "prefix"}, ["bizsre"], limit=3)
+    assert len(calls) == 2  # 3 cases in chunks of 2: one call per chunk, pre- and post-edit questions together
+    assert sum(calls) == sum(len(s["resps"][0]) for samples in edited["samples"].values() for s in samples)
+    unedited = run_harness({**args, "method": "none"}, ["bizsre_locality_en", "bizsre_locality_zh"], limit=3)
+    for task in ("bizsre_locality_en", "bizsre_locality_zh"):
+        # The pre-edit answer is the unedited model's on the question as asked; the post-edit one sees the new fact.
+        assert [s["resps"][0][0] for s in edited["samples"][task]] == [s["resps"][0][0] for s in unedited["samples"][task]]
+
+
 def test_failed_edit_is_restored_and_recorded(tiny_gpt2, tmp_path):
     hparams = tmp_path / "h.yaml"
     hparams.write_text(yaml.safe_dump({"fail_on_cases": [1], "scale": 0.0}))

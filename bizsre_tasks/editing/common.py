@@ -65,39 +65,73 @@ def left_truncate(prompt_ids: list[int], room: int, bos_id: int | None) -> list[
     return prompt_ids[len(prompt_ids) - room :]
 
 
-def build_batch(
-    tokenizer, prompts: list[str], target_texts: list[str], device: torch.device | str = "cpu", max_length: int | None = None
-) -> PromptTargetBatch:
-    """Prompt+target rows; with `max_length`, prompts are left-truncated so that every row fits it."""
-    rows, targets, prompt_lengths, truncated = [], [], [], []
-    for row_index, (prompt, target_text) in enumerate(zip(prompts, target_texts)):
+@dataclass
+class EncodedRow:
+    """One prompt+target pair as token ids, before padding."""
+
+    prompt_ids: list[int]
+    target_ids: list[int]
+    truncated: bool = False  # the prompt lost its beginning to fit the context
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.target_ids)
+
+
+def encode_rows(tokenizer, prompts: list[str], target_texts: list[str], max_length: int | None = None) -> list[EncodedRow]:
+    """Token ids of every prompt+target pair; with `max_length`, prompts are left-truncated so that every row fits it."""
+    rows = []
+    for prompt, target_text in zip(prompts, target_texts):
         prompt_ids = encode_prompt(tokenizer, prompt)
         target_ids = encode_target(tokenizer, target_text)
         if not target_ids:
             raise ValueError(f"target {target_text!r} tokenises to nothing")
-        if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
+        truncated = max_length is not None and len(prompt_ids) + len(target_ids) > max_length
+        if truncated:
             if len(target_ids) >= max_length:
                 raise ValueError(f"target {target_text!r} has {len(target_ids)} tokens, the model's context only {max_length}")
             prompt_ids = left_truncate(prompt_ids, max_length - len(target_ids), tokenizer.bos_token_id)
-            truncated.append(row_index)
-        rows.append(prompt_ids + target_ids)
-        targets.append(target_ids)
-        prompt_lengths.append(len(prompt_ids))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        rows.append(EncodedRow(prompt_ids, target_ids, truncated))
+    return rows
+
+
+def pad_rows(rows: list[EncodedRow], pad_id: int | None, device: torch.device | str = "cpu") -> PromptTargetBatch:
+    """Encoded rows right-padded into one batch."""
+    pad_id = pad_id if pad_id is not None else 0
     width = max(len(row) for row in rows)
-    target_width = max(len(t) for t in targets)
+    target_width = max(len(row.target_ids) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     target_ids = torch.full((len(rows), target_width), -100, dtype=torch.long)
     positions = torch.zeros((len(rows), target_width), dtype=torch.long)
-    for b, (row, target, prompt_length) in enumerate(zip(rows, targets, prompt_lengths)):
-        input_ids[b, : len(row)] = torch.tensor(row)
+    for b, row in enumerate(rows):
+        prompt_length, target_length = len(row.prompt_ids), len(row.target_ids)
+        input_ids[b, : len(row)] = torch.tensor(row.prompt_ids + row.target_ids)
         attention_mask[b, : len(row)] = 1
-        target_ids[b, : len(target)] = torch.tensor(target)
-        positions[b, : len(target)] = torch.arange(prompt_length - 1, prompt_length - 1 + len(target))
+        target_ids[b, :target_length] = torch.tensor(row.target_ids)
+        positions[b, :target_length] = torch.arange(prompt_length - 1, prompt_length - 1 + target_length)
     return PromptTargetBatch(
-        input_ids.to(device), attention_mask.to(device), target_ids.to(device), positions.to(device), prompt_lengths, truncated
+        input_ids.to(device),
+        attention_mask.to(device),
+        target_ids.to(device),
+        positions.to(device),
+        [len(row.prompt_ids) for row in rows],
+        [b for b, row in enumerate(rows) if row.truncated],
     )
+
+
+def build_batch(
+    tokenizer, prompts: list[str], target_texts: list[str], device: torch.device | str = "cpu", max_length: int | None = None
+) -> PromptTargetBatch:
+    """Prompt+target rows; with `max_length`, prompts are left-truncated so that every row fits it."""
+    return pad_rows(encode_rows(tokenizer, prompts, target_texts, max_length), tokenizer.pad_token_id, device)
+
+
+def length_sorted_batches(rows: list[EncodedRow], batch_size: int) -> list[list[int]]:
+    """Row indices grouped into batches of similar length, longest first, so that batches carry little
+    padding (rows in arrival order padded a batch-8 pass to 1.8x the arithmetic of one row at a time)
+    and the first batch shows the peak memory."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def _sequence_end(args: tuple, kwargs: dict) -> int:

@@ -21,9 +21,16 @@ import copy
 
 import torch
 
-from bizsre_tasks.editing.common import PromptTargetBatch, build_batch, context_length, encode_prompt, gather_positions, naive_mode
-from bizsre_tasks.editing.head_softmax import head_argmax
-from bizsre_tasks.teacher_forcing import argmax_answers, predicted_tokens
+from bizsre_tasks.editing.common import (
+    PromptTargetBatch,
+    context_length,
+    encode_prompt,
+    encode_rows,
+    length_sorted_batches,
+    naive_mode,
+    pad_rows,
+)
+from bizsre_tasks.teacher_forcing import argmax_answers, argmax_at_targets, predicted_tokens
 
 
 def shared_prefix_groups(prompts: list[str], prefixes: list[str | None]) -> dict[str, list[int]]:
@@ -42,22 +49,21 @@ def shared_prefix_groups(prompts: list[str], prefixes: list[str | None]) -> dict
 def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], target_texts: list[str], batch_size: int = 8) -> list[str]:
     """Argmax answers at the gold target positions for `prefix + prompt`, computing the prefix once."""
     device = next(model.parameters()).device
-    full_prompts = [prefix + prompt for prompt in prompts]
-    batches = [
-        # Prompts past the context lose their beginning (then no row starts with the prefix: no cache).
-        build_batch(tokenizer, full_prompts[start : start + batch_size], target_texts[start : start + batch_size], device, context_length(model))
-        for start in range(0, len(prompts), batch_size)
-    ]
+    # Prompts past the context lose their beginning (then no row starts with the prefix: no cache).
+    rows = encode_rows(tokenizer, [prefix + prompt for prompt in prompts], target_texts, context_length(model))
+    groups = length_sorted_batches(rows, batch_size)
+    batches = [pad_rows([rows[i] for i in members], tokenizer.pad_token_id, device) for members in groups]
     prefix_ids = encode_prompt(tokenizer, prefix)
     # The prefix's last token is left to the rows, so every row predicts its first target token itself.
     cut = len(prefix_ids) - 1
     cache = None
     if cut > 0 and batches and not naive_mode() and all(_starts_with(batch, prefix_ids) for batch in batches):
         cache = _cache(model, prefix_ids[:cut], device)
-    answers: list[str] = []
-    for batch in batches:
+    answers = [""] * len(prompts)
+    for members, batch in zip(groups, batches):
         tokens = predicted_tokens(model, batch) if cache is None else _tokens_after_cache(model, batch, cache, cut)
-        answers += argmax_answers(tokenizer, tokens, batch)
+        for i, answer in zip(members, argmax_answers(tokenizer, tokens, batch)):
+            answers[i] = answer
     return answers
 
 
@@ -83,7 +89,5 @@ def _tokens_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> tor
     outputs = model.base_model(
         input_ids=batch.input_ids[:, cut:], attention_mask=batch.attention_mask, past_key_values=past, use_cache=True
     )
-    hidden = outputs.last_hidden_state
-    # Padded target slots hold position 0; clamped, they point anywhere in the row and are masked when decoded.
-    positions = (batch.positions - cut).clamp(min=0)
-    return head_argmax(model, gather_positions(hidden, positions))
+    # Padded target slots hold position 0 (masked); real ones lie at or after the cut.
+    return argmax_at_targets(model, outputs.last_hidden_state, (batch.positions - cut).clamp(min=0), batch.target_mask)
