@@ -7,7 +7,8 @@ For every Bi-ZsRE case in the requests the harness hands over, the wrapper
 4. restores the model (bit for bit; `verify_restore=true` checks it with a checksum).
 Weight methods take the cases in chunks of `edit_batch`: the chunk's pre-edit answers are batched,
 the method may prepare the chunk's edits together (`precompute`), then every case is edited,
-answered and restored in turn. Weight-free methods (IKE, SERAC, none) are batched across cases.
+answered and restored in turn. Weight-free methods (IKE, SERAC, none) are batched across cases: a chunk's
+edits are applied, then its pre-edit and post-edit questions answered in one call.
 
 The wrapper knows nothing of any method's internals: it talks to them through
 `bizsre_tasks.editing.base.EditingMethod`.

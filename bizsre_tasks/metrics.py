@@ -11,7 +11,6 @@ variable `BIZSRE_TOKENIZATION` (for example `ja=characters,vi=whitespace`).
 from __future__ import annotations
 
 import os
-import re
 import string
 import unicodedata
 from collections import Counter
