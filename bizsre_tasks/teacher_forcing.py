@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 @torch.no_grad()
 def teacher_forced_answers(model, tokenizer, prompts: list[str], target_texts: list[str], batch_size: int = 8) -> list[str]:
     answers: list[str] = [""] * len(prompts)
-    if not prompts:
-        return answers
     device = next(model.parameters()).device
     # Prompts longer than the context (a method's long in-context prefix) lose their beginning,
     # never the target; the wrapper's checks refuse test questions that do not fit on their own.
