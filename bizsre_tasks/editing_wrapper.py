@@ -35,7 +35,7 @@ from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingConte
 from bizsre_tasks.editing.common import context_limit
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.prefix_cache import shared_prefix_answers, shared_prefix_groups
-from bizsre_tasks.editing.registry import build_method, method_class, read_hparams_file
+from bizsre_tasks.editing.registry import build_method, hparams_source, method_class, read_hparams_file
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.task_docs import PROTOCOLS
 from bizsre_tasks.teacher_forcing import teacher_forced_answers
@@ -119,7 +119,7 @@ class EditedHFLM(HFLM):
         if test_file:  # the tasks read it only after the model is loaded
             preflight.check_test_file(test_file, edit_lang)
         cross_case_batch, edit_batch = _positive_int("cross_case_batch", cross_case_batch), _positive_int("edit_batch", edit_batch)
-        user_hparams = read_hparams_file(hparams)
+        user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
         super().__init__(pretrained=resolve_pretrained(pretrained, cache_dir), **kwargs)
@@ -146,7 +146,7 @@ class EditedHFLM(HFLM):
             seed=self.seed,
         )
         self.weights_fingerprint = weights_fingerprint(self.model) if answer_store else ""
-        self.editor = build_method(method, context, user_hparams, source=str(hparams or f"{method_cls.name} defaults"))
+        self.editor = build_method(method, context, user_hparams, source=str(hparams_source(hparams, method_cls.name) or f"{method_cls.name} defaults"))
 
     # --- the harness's cache cannot tell edits apart ------------------------------------------
     def set_cache_hook(self, cache_hook) -> None:

@@ -27,6 +27,8 @@ from bizsre_tasks.task_generation import BUNDLED_DIR, BUNDLED_LANGUAGES, PER_LAN
 
 GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
+# `--hparams METHOD=paper`: a bundled preset (editing.registry.PRESETS; not imported here, it needs torch).
+HPARAMS_PRESETS = ("paper",)
 RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint", "answer_store")
 INCOMPLETE_DIR = ".incomplete"  # hidden, so `bizsre report` does not read set-aside runs
 # Outside the run folders (which are set aside when unfinished), hidden from `bizsre report`.
@@ -113,7 +115,7 @@ def _validate_files(options: SweepOptions) -> None:
     if options.pretrained:
         _check_value(options.pretrained, "pretrained")
     paths = [("test file", options.test_file), *((f"train file ({k})", v) for k, v in options.train_files.items()),
-             *((f"hparams ({k})", v) for k, v in options.hparams.items()),
+             *((f"hparams ({k})", v) for k, v in options.hparams.items() if v not in HPARAMS_PRESETS),
              *((f"checkpoint ({k})", v) for k, v in options.checkpoints.items())]
     for what, path in paths:
         if path is not None:
@@ -138,7 +140,8 @@ def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
     if run.edit_lang in options.train_files:
         args["train_file"] = str(Path(options.train_files[run.edit_lang]).expanduser().resolve())
     if run.method in options.hparams:
-        args["hparams"] = str(Path(options.hparams[run.method]).expanduser().resolve())
+        value = options.hparams[run.method]  # a preset name (`paper`) passes through as it is
+        args["hparams"] = value if value in HPARAMS_PRESETS else str(Path(value).expanduser().resolve())
     if run.name in options.checkpoints:
         args["checkpoint"] = str(Path(options.checkpoints[run.name]).expanduser().resolve())
     if options.answer_store:

@@ -174,12 +174,14 @@ class DemonstrationPool:
         other = self._other_record(index, avoid)
         return Demonstration("retain", record.src, record.alt, other.src, other.alt)
 
-    def select(self, query: torch.Tensor, k: int, ratio: tuple[float, float, float], exclude_question: str = "") -> list[Demonstration]:
-        """k demonstrations from the k nearest records, least similar first (the nearest ends next to the edit)."""
+    def select(self, query: torch.Tensor, k: int, ratio: tuple[float, float, float], exclude_question: str = "",
+               most_similar_first: bool = False) -> list[Demonstration]:
+        """k demonstrations from the k nearest records, least similar first (the nearest ends next to the
+        edit), or most similar first (the seed repository's order)."""
         if k <= 0:
             return []
         chosen = self.nearest(query, k, exclude_question)
         avoid = set(chosen)
         kinds = kind_sequence(len(chosen), ratio)
-        ordered = list(reversed(chosen))
+        ordered = list(chosen) if most_similar_first else list(reversed(chosen))
         return [self.demonstration(index, kind, avoid) for index, kind in zip(ordered, kinds)]

@@ -3,7 +3,9 @@
 The edit minimises the negative log-likelihood of the new answer's tokens given the prompt, with
 Adam on the chosen layer's `mlp_out` weight only. After every optimiser step the change is clamped
 elementwise to [-eps, eps] around the original weight (the L-infinity constraint of Zhu et al.),
-which is what keeps the edit local.
+which is what keeps the edit local (`norm_constraint: 0` lifts the bound, as the seed repository's
+FT did). `loss_position: last_prompt` scores every target token at the prompt's last position (the
+seed's FT objective: a bag of answer tokens after the prompt) instead of teacher forcing them.
 
 Speed: the layers below the edited one never change during the edit, so they run once under
 `no_grad`; each optimisation step runs only the layers from the edited one upward, from the cached
@@ -13,6 +15,7 @@ The LM head runs only at the target positions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from typing import Any, ClassVar
@@ -147,6 +150,9 @@ class UpperStack:
         return mean_sequence_nll(picked.view(ids.shape), self.batch.target_mask)
 
 
+LOSS_POSITIONS = ("teacher_forced", "last_prompt")
+
+
 class FineTuneL(EditingMethod):
     name = "ft"
     modifies_weights = True
@@ -160,6 +166,9 @@ class FineTuneL(EditingMethod):
         # Stop once the mean NLL per target token falls below this.
         "early_stop_nll": 0.3,
         "weight_decay": 0.0,
+        # Where target token t is scored: after the prompt and tokens < t ("teacher_forced"), or every
+        # token at the prompt's last position ("last_prompt", the seed repository's FT).
+        "loss_position": "teacher_forced",
     }
     family_hparams: ClassVar[dict[str, dict[str, Any]]] = {
         # Measured on the first 10 English test cases (all at reliability F1 1.0): layer 4 with eps
@@ -169,8 +178,10 @@ class FineTuneL(EditingMethod):
 
     def validate_hparams(self) -> None:
         check_layer_list(self, "layers")
-        check_positive(self, "lr", "norm_constraint")
-        check_positive(self, "early_stop_nll", "weight_decay", allow_zero=True)
+        check_positive(self, "lr")
+        check_positive(self, "norm_constraint", "early_stop_nll", "weight_decay", allow_zero=True)  # norm_constraint 0: no bound
+        if self.hparams["loss_position"] not in LOSS_POSITIONS:
+            raise ConfigurationError(f"hparams 'loss_position' for method 'ft' must be one of {', '.join(LOSS_POSITIONS)}, got {self.hparams['loss_position']!r}")
         if not isinstance(self.hparams["steps"], int) or self.hparams["steps"] < 1:
             raise ConfigurationError(f"hparams 'steps' for method 'ft' must be an integer >= 1, got {self.hparams['steps']!r}")
 
@@ -196,8 +207,12 @@ class FineTuneL(EditingMethod):
             batch = build_batch(self.tokenizer, [request.prompt], [request.target_text], self.context.device)
         except ValueError as exc:  # an empty target
             raise EditFailedError(f"ft: {exc}") from None
+        if hp["loss_position"] == "last_prompt":
+            # The first target position is the prompt's last token; attention is causal, so the target
+            # tokens after it in the row change nothing there.
+            batch = dataclasses.replace(batch, positions=torch.where(batch.target_mask, batch.positions[:, :1], 0))
         stack = UpperStack(self.model, self.layout, min(layers), batch)
-        bounds = [(weight.detach() - eps, weight.detach() + eps) for weight in weights]
+        bounds = [(weight.detach() - eps, weight.detach() + eps) for weight in weights] if eps > 0 else None
         optimizer = torch.optim.Adam(weights, lr=float(hp["lr"]), weight_decay=float(hp["weight_decay"]))
         with torch.enable_grad(), requires_grad_only(weights):
             objective = HeadObjective(self.model)  # built while only `weights` need gradients
@@ -210,9 +225,10 @@ class FineTuneL(EditingMethod):
                     break
                 loss.backward()
                 optimizer.step()
-                with torch.no_grad():
-                    for weight, (low, high) in zip(weights, bounds):
-                        torch.clamp(weight, min=low, max=high, out=weight)
+                if bounds is not None:
+                    with torch.no_grad():
+                        for weight, (low, high) in zip(weights, bounds):
+                            torch.clamp(weight, min=low, max=high, out=weight)
             else:
                 logger.debug("ft: %d steps, final loss %.4f", hp["steps"], loss.item())
         for layer, weight in zip(layers, weights):

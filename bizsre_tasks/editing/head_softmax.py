@@ -76,16 +76,26 @@ def log_normaliser(head: torch.nn.Linear, hidden: torch.Tensor) -> tuple[torch.T
 class HeadObjective:
     """log p(target) at target rows and KL(original ‖ now) at drift rows, exact either route.
 
-    The first call records the original distribution at the drift rows (δ = 0 there).
+    The first call records the original distribution at the drift rows (δ = 0 there). With
+    `reverse_kl` the drift is KL(now ‖ original) instead (the seed repository's direction), computed
+    from the drift rows' full distributions (a few rows, so the exact route costs little).
     """
 
-    def __init__(self, model):
+    def __init__(self, model, reverse_kl: bool = False):
         self.model = model
         self.head = _head(model)
+        self.reverse_kl = reverse_kl
         self._reference: tuple | None = None
 
     def __call__(self, target_hidden: torch.Tensor, target_ids: torch.Tensor, drift_hidden: torch.Tensor | None):
         """`target_hidden` (N, d), `target_ids` (N,) → log-probs (N,), KL per drift row (K,) or None."""
+        if self.reverse_kl and drift_hidden is not None:
+            log_probs, _ = self(target_hidden, target_ids, None)
+            now = torch.log_softmax(head_logits(self.model, drift_hidden).float(), dim=-1)
+            if self._reference is None:
+                self._reference = (now.detach(),)
+            (original,) = self._reference
+            return log_probs, (now.exp() * (now - original)).sum(-1)
         rows = [target_hidden] if drift_hidden is None else [target_hidden, drift_hidden]
         hidden = torch.cat(rows)
         n = target_hidden.shape[0]

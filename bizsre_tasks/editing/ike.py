@@ -22,7 +22,7 @@ from pathlib import Path
 
 from bizsre_tasks import data_loading, default_model, prompts
 from bizsre_tasks.editing.base import AppliedEdit, EditingMethod, EditRequest
-from bizsre_tasks.editing.demonstrations import DemonstrationPool, fact_line, format_demonstration
+from bizsre_tasks.editing.demonstrations import Demonstration, DemonstrationPool, fact_line, format_demonstration
 from bizsre_tasks.editing.encoders import ENCODERS, build_encoder
 from bizsre_tasks.errors import ConfigurationError
 
@@ -80,6 +80,10 @@ class InContextEditing(EditingMethod):
         "pool_size": 0,  # use only the first N training records (0 = all)
         "fact_label": "",  # "" = per language ("New Fact: ", "新事实：")
         "cache": True,  # keep pool features under <cache_root>/ike
+        # The seed repository's prompt (hparams=paper): demonstrations most similar first, and the new fact
+        # itself as one more copy demonstration just before the final new-fact line.
+        "most_similar_first": False,
+        "edit_demo": False,
     }
 
     def __init__(self, context, hparams):
@@ -116,7 +120,10 @@ class InContextEditing(EditingMethod):
     def context_text(self, request: EditRequest, query) -> str:
         question = self.edit_question(request)
         ratio = tuple(float(x) for x in self.hparams["ratio"])
-        demos = self.pool.select(query, self.hparams["k"], ratio, exclude_question=question)
+        demos = self.pool.select(query, self.hparams["k"], ratio, exclude_question=question,
+                                 most_similar_first=self.hparams["most_similar_first"])
+        if self.hparams["edit_demo"]:
+            demos.append(Demonstration("copy", question, request.target, question, request.target))
         label = self.hparams["fact_label"]
         text = "".join(format_demonstration(demo, self.pool.lang, label) for demo in demos)
         return text + fact_line(question, request.target, request.lang, label) + "\n"

@@ -1,13 +1,18 @@
 """Method names -> implementing classes, and hyperparameter resolution.
 
 Hyperparameters come from three layers: the method's `default_hparams`, its `family_hparams` for
-the model's `config.model_type`, and a user YAML file (`hparams=my.yaml`). Unknown keys and values
-of the wrong type are errors, so a typo never silently falls back to a default.
+the model's `config.model_type`, and a user YAML file (`hparams=my.yaml`) or a bundled preset
+(`hparams=paper`: `bizsre_tasks/hparams/paper/<method>.yaml`, the seed repository's settings). Unknown
+keys and values of the wrong type are errors, so a typo never silently falls back to a default.
+
+A file may give its layer indices for a model of another depth (`reference_depth: 32`): `layer` and
+`layers` are then mapped to this model's depth by relative position (see `scale_layers`).
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +31,13 @@ METHODS: dict[str, str] = {
     "serac": "bizsre_tasks.editing.serac:Serac",
     "mend": "bizsre_tasks.editing.mend:Mend",
 }
-# Keys every method accepts: handled by the wrapper, not the method.
-SHARED_KEYS = ("layout",)
+# Keys every method accepts: handled by the wrapper or here, not by the method.
+SHARED_KEYS = ("layout", "reference_depth")
+# Reserved `hparams=` values: bundled presets, one YAML file per method under hparams/<preset>/.
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "hparams"
+PRESETS = ("paper",)
+# The keys that hold layer indices (rescaled under `reference_depth`).
+LAYER_KEYS = ("layer", "layers")
 
 
 def method_class(name: str) -> type[EditingMethod]:
@@ -47,10 +57,31 @@ def method_class(name: str) -> type[EditingMethod]:
     return cls
 
 
-def read_hparams_file(path: str | Path | None) -> dict[str, Any]:
-    if not path:
+def preset_path(preset: str, method: str) -> Path:
+    """The bundled preset file of `method`; ConfigurationError when the method has none."""
+    path = PRESETS_DIR / preset / f"{method}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (PRESETS_DIR / preset).glob("*.yaml"))
+        raise ConfigurationError(f"hparams={preset}: no preset for method '{method}' (presets exist for: {', '.join(available)})")
+    return path
+
+
+def hparams_source(value: str | Path | None, method: str | None = None) -> Path | None:
+    """The file behind `hparams=`: a preset name resolved for `method`, else the path itself."""
+    if not value:
+        return None
+    if str(value) in PRESETS:
+        if method is None:
+            raise ConfigurationError(f"hparams={value} is a preset: it needs the method to pick its file")
+        return preset_path(str(value), method)
+    return Path(value).expanduser()
+
+
+def read_hparams_file(path: str | Path | None, method: str | None = None) -> dict[str, Any]:
+    """The mapping in a user file, or in the preset `path` names (`paper`) for `method`."""
+    path = hparams_source(path, method)
+    if path is None:
         return {}
-    path = Path(path).expanduser()
     if not path.is_file():
         raise ConfigurationError(f"hparams file {path} not found")
     try:
@@ -101,8 +132,40 @@ def resolve_hparams(cls: type[EditingMethod], model_type: str, user: dict[str, A
     return merged
 
 
+def scale_layer(layer: Any, reference_depth: int, num_layers: int, source: str, key: str) -> int:
+    """Layer `layer` of a `reference_depth`-layer model at the same relative depth in a `num_layers`-layer
+    one: first maps to first, last to last, round half up (the seed's ROME layer 5 of 32 -> 3 of 18)."""
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < reference_depth:
+        raise ConfigurationError(f"{source}: '{key}' lists {layer!r}, not a layer of a {reference_depth}-layer model (reference_depth)")
+    if reference_depth == 1:
+        return 0
+    return min(num_layers - 1, int(math.floor(layer * (num_layers - 1) / (reference_depth - 1) + 0.5)))
+
+
+def scale_layers(user: dict[str, Any], num_layers: int, source: str = "hparams") -> dict[str, Any]:
+    """`user` with its layer keys mapped from `reference_depth` to `num_layers` (lists lose the
+    duplicates that mapping to a shallower model makes); unchanged without `reference_depth`."""
+    depth = user.get("reference_depth")
+    if depth is None:
+        return user
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ConfigurationError(f"{source}: 'reference_depth' must be a positive integer (layers of the model the file was written for), got {depth!r}")
+    scaled = dict(user)
+    for key in LAYER_KEYS:
+        value = user.get(key)
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            mapped = [scale_layer(layer, depth, num_layers, source, key) for layer in value]
+            scaled[key] = list(dict.fromkeys(mapped))
+        else:
+            scaled[key] = scale_layer(value, depth, num_layers, source, key)
+    return scaled
+
+
 def build_method(name: str, context: EditingContext, user_hparams: dict[str, Any], source: str = "hparams") -> EditingMethod:
     cls = method_class(name)
+    user_hparams = scale_layers(user_hparams, context.layout.num_layers, source)
     hparams = resolve_hparams(cls, context.layout.model_type, user_hparams, source)
     method = cls(context, hparams)
     method.validate_hparams()

@@ -50,8 +50,9 @@ class CaseRows:
     kl_end: int | None  # index of the KL row's last token
 
 
-def case_rows(tokenizer, request: EditRequest, prefixes: list[str], kl_prompt: str) -> CaseRows:
-    """Tokenise one edit; raises EditFailedError when its target tokenises to nothing."""
+def case_rows(tokenizer, request: EditRequest, prefixes: list[str], kl_prompt: str, kl_at_subject: bool = False) -> CaseRows:
+    """Tokenise one edit; raises EditFailedError when its target tokenises to nothing. The KL is taken at
+    the neutral prompt's last token, or with `kl_at_subject` at its subject's last token (the seed's choice)."""
     target = encode_target(tokenizer, request.target_text)
     if not target:
         raise EditFailedError(f"target {request.target_text!r} tokenises to nothing")
@@ -68,7 +69,7 @@ def case_rows(tokenizer, request: EditRequest, prefixes: list[str], kl_prompt: s
         ids = encode_prompt(tokenizer, text)
         rows.append(ids)
         subjects.append(find_subject_last_token(tokenizer, text, request.subject))
-        kl_end = len(ids) - 1
+        kl_end = subjects[-1] if kl_at_subject else len(ids) - 1
     return CaseRows(rows, subjects, len(starts), target, starts, kl_end)
 
 
@@ -293,18 +294,29 @@ class DeltaResult:
 class _CaseState:
     """One case's θ, its scale and its optimiser."""
 
-    def __init__(self, value: torch.Tensor, lr: float):
+    def __init__(self, value: torch.Tensor, lr: float, relative_lr: bool = True, clamp_norm_factor: float = 4.0):
         v = value.detach().float()
         self.v_norm = v.norm().clamp(min=1e-6)
-        # δ = scale·θ with scale the RMS of the original value, so θ's coordinates are O(1) whatever
-        # the layer's output size; θ is the only tensor with a gradient.
-        self.scale = self.v_norm / math.sqrt(v.numel())
         self.theta = torch.zeros_like(v, requires_grad=True)
+        if relative_lr:
+            # δ = scale·θ with scale the RMS of the original value, so θ's coordinates are O(1) whatever
+            # the layer's output size; θ is the only tensor with a gradient.
+            self.scale = self.v_norm / math.sqrt(v.numel())
+            self.limit = clamp_norm_factor * math.sqrt(v.numel())  # |θ| ≤ limit  ⇔  |δ| ≤ factor·|v|
+        else:  # the seed's Adam on δ itself: the step size is absolute, whatever the layer's scale
+            self.scale = torch.ones((), dtype=v.dtype, device=v.device)
+            self.limit = clamp_norm_factor * float(self.v_norm)
         self.optimiser = torch.optim.Adam([self.theta], lr=lr)
         self.steps = 0
 
     def delta(self) -> torch.Tensor:
         return self.scale * self.theta
+
+    def decay(self, form: str) -> torch.Tensor:
+        """(|δ|/|v|)², or the seed's |δ|/|v|² (`weight_decay_form: norm_over_value_squared`)."""
+        if form == "norm_over_value_squared":
+            return self.scale * self.theta.norm() / self.v_norm**2
+        return (self.scale * self.theta.norm() / self.v_norm) ** 2
 
 
 def optimise_delta(method: EditingMethod, batch: EditBatch, layer: int) -> DeltaResult:
@@ -330,7 +342,9 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
     def make_delta(values: torch.Tensor) -> torch.Tensor:
         if not states:  # the first forward holds every row: each case's own prompt row sets its scale
             first_rows = [int((batch.row_case == c).nonzero()[0]) for c in range(n_cases)]
-            states.extend(_CaseState(values[row], hp["lr"]) for row in first_rows)
+            states.extend(
+                _CaseState(values[row], hp["lr"], hp.get("relative_lr", True), hp["clamp_norm_factor"]) for row in first_rows
+            )
         row_case = live["batch"].row_case
         deltas = torch.stack([state.delta() for state in states])
         return deltas[row_case] if n_cases > 1 else deltas[0]
@@ -338,7 +352,7 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
     # The columns before the subject, once: δ cannot reach them. Without a cache, every step runs all columns.
     prefix_cache = None if naive else batch.prefix_cache(model)
     start = batch.split if prefix_cache is not None else 0
-    objective = HeadObjective(model)
+    objective = HeadObjective(model, reverse_kl=hp.get("kl_direction", "original_edited") == "edited_original")
     original_keys = original_values = None
     with DeltaAtSubject(layout.module("mlp_out", layer), batch.split - start, make_delta) as probe, torch.enable_grad():
         replay.record()
@@ -381,7 +395,10 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
                 case_loss = nll
                 if kl is not None and hp["kl_factor"] > 0:
                     case_loss = case_loss + hp["kl_factor"] * kl[kl_case == case].mean()
-                case_loss = case_loss + hp["weight_decay"] * (state.scale * state.theta.norm() / state.v_norm) ** 2
+                case_loss = case_loss + hp["weight_decay"] * state.decay(hp.get("weight_decay_form", "ratio_squared"))
+                if float(case_loss.detach()) < hp.get("total_loss_stop", 0.0):  # the seed's rule: the whole loss is small
+                    results[case] = _finish(state, batch, case, original_keys, original_values, nll_value, layer)
+                    continue
                 loss = case_loss if loss is None else loss + case_loss
                 stepping.append(state)
             if not stepping:
@@ -389,14 +406,13 @@ def optimise_deltas(method: EditingMethod, batch: EditBatch, layer: int) -> list
             for state in stepping:
                 state.optimiser.zero_grad()
             loss.backward()
-            limit = hp["clamp_norm_factor"] * math.sqrt(stepping[0].theta.numel())  # |δ| ≤ factor·|v|
             for state in stepping:
                 state.optimiser.step()
                 state.steps += 1
                 with torch.no_grad():
                     norm = state.theta.norm()
-                    if norm > limit:
-                        state.theta.mul_(limit / norm)
+                    if norm > state.limit:  # |δ| ≤ clamp_norm_factor·|v|
+                        state.theta.mul_(state.limit / norm)
             if len(stepping) < len(current.cases()):
                 # Finished cases leave the batch: their rows, cached columns, recordings and KL references.
                 live["batch"], kept_rows, kept_kl = current.keep_cases({c for c, r in enumerate(results) if r is None})
