@@ -336,3 +336,34 @@ def test_ike_seed_prompt_orders_and_includes_the_edit(tiny_gemma, tmp_path):
     plain_facts = [line for line in plain.splitlines() if line.startswith("New Fact: ")][:-1]
     seed_facts = [line for line in seed.splitlines() if line.startswith("New Fact: ")][:-2]
     assert seed_facts == list(reversed(plain_facts))  # the same demonstrations, most similar first
+
+
+# --- key statistics without a corpus file: texts the model generates ------------------------------
+def test_without_a_corpus_the_model_writes_one_in_the_edit_language_once(tiny_gemma, tmp_path, caplog, monkeypatch):
+    from bizsre_tasks.editing import generated_corpus
+
+    small = {**QUICK, "stats_fallback": "generated", "stats_generated_texts": 30, "stats_generated_length": 6}
+    calls = []
+    original = generated_corpus._sample
+    monkeypatch.setattr(generated_corpus, "_sample", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    ctx = _context(tiny_gemma)
+    ctx.edit_lang = "zh"
+    with caplog.at_level("WARNING"):
+        build_method("rome", ctx, small).ensure_prepared()
+    assert "generates itself in 'zh'" in caplog.text and sum(calls) == 30
+    (cached,) = (tmp_path / "cache" / "stats" / "generated").glob("zh-*.json")
+    texts = __import__("json").loads(cached.read_text(encoding="utf-8"))
+    assert len(texts) == 30 and any(text.startswith("问题：") for text in texts)
+    assert any((tmp_path / "cache" / "stats").rglob("layer1-*.pt"))
+    calls.clear()
+    build_method("rome", ctx, small).ensure_prepared()  # the texts come from the cache
+    assert calls == []
+    ctx.edit_lang = "en"
+    build_method("rome", ctx, small).ensure_prepared()  # another language: its own texts
+    assert sum(calls) == 30 and len(list((tmp_path / "cache" / "stats" / "generated").glob("*.json"))) == 2
+
+
+def test_sample_fallback_is_the_default(tiny_gemma, tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        build_method("rome", _context(tiny_gemma), QUICK).ensure_prepared()
+    assert "weak" in caplog.text and not (tmp_path / "cache" / "stats" / "generated").exists()

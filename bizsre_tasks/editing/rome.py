@@ -65,12 +65,38 @@ SHARED_HPARAMS: dict[str, Any] = {
     "stats_corpus": [],  # files for the key statistics; empty: the train file, else the bundled sample
     "stats_max_samples": 4000,  # texts used for the statistics (0: all)
     "stats_max_length": 64,  # tokens per text
+    # Without any corpus file: the bundled 20-case sample ("sample"), or texts the model generates in the
+    # edit language ("generated", once, cached; not yet measured against the sample, see docs/paper-hparams.md)
+    "stats_fallback": "sample",
+    "stats_generated_texts": 128,  # texts generated for that fallback
+    "stats_generated_length": 24,  # tokens per generated text
     "max_update_ratio": 10.0,  # |ΔW| / |W| above this counts as an exploding update
+    # Switches for the seed repository's recipe (hparams=paper); the defaults keep this project's.
+    "prefix_groups": [],  # [[tokens, count], ...]: prefixes of several lengths (tokens incl. the start word); [] = n_prefixes × prefix_length
+    "relative_lr": True,  # Adam on δ scaled by the value's RMS; false: on δ itself (absolute lr)
+    "weight_decay_form": "ratio_squared",  # (|δ|/|v|)², or norm_over_value_squared: |δ|/|v|²
+    "kl_position": "last",  # KL at the neutral prompt's last token, or at its subject's last token ("subject")
+    "kl_direction": "original_edited",  # KL(original ‖ edited), or edited_original: KL(edited ‖ original)
+    "total_loss_stop": 0.0,  # also stop once nll + KL + decay is below this (0: off)
+}
+SWITCH_CHOICES = {
+    "stats_fallback": ("generated", "sample"),
+    "weight_decay_form": ("ratio_squared", "norm_over_value_squared"),
+    "kl_position": ("last", "subject"),
+    "kl_direction": ("original_edited", "edited_original"),
+    "update_key": ("mean", "prompt"),
 }
 # layer None: automatic (see auto_layer). ROME stops at a worst-token NLL of 0.5 (p > 0.6, still the argmax
 # in every context): on 30 English cases of the shared file it took ~20% fewer δ steps than 0.2 with the same
 # reliability / generality / locality within one case. MEMIT keeps 0.2: its spread update reproduces δ less exactly.
-_ROME_EXTRA: dict[str, Any] = {"layer": None, "nll_stop": 0.5}
+_ROME_EXTRA: dict[str, Any] = {
+    "layer": None,
+    "nll_stop": 0.5,
+    # C⁻¹ in the update (key statistics); false: ΔW ∝ δ k*ᵀ, no statistics needed (the seed's setting)
+    "mom2_adjustment": True,
+    # the key the update must map to v*: the mean over prefixes ("mean"), or the bare prompt's ("prompt", the seed's)
+    "update_key": "mean",
+}
 
 # Relative depth of the edited layer when `layer` is not given, per family. For gemma3_text it was
 # measured on the 18-layer 270M model (layer 5; see the report in docs); other families use ROME's
@@ -101,7 +127,8 @@ class KeyValueEditor(EditingMethod):
 
     def validate_hparams(self) -> None:
         hp = self.hparams
-        for key in ("steps", "n_prefixes", "prefix_length", "stats_max_samples", "stats_max_length"):
+        for key in ("steps", "n_prefixes", "prefix_length", "stats_max_samples", "stats_max_length", "stats_generated_texts",
+                    "stats_generated_length"):
             if not isinstance(hp[key], int) or hp[key] < 0:
                 raise ConfigurationError(f"hparams '{key}' must be a non-negative integer, got {hp[key]!r}")
         if hp["stats_max_length"] < 2:
@@ -109,19 +136,43 @@ class KeyValueEditor(EditingMethod):
         for key in ("lr", "clamp_norm_factor", "max_update_ratio"):
             if not hp[key] > 0:
                 raise ConfigurationError(f"hparams '{key}' must be positive, got {hp[key]!r}")
-        for key in ("kl_factor", "weight_decay", "nll_stop"):
+        for key in ("kl_factor", "weight_decay", "nll_stop", "total_loss_stop"):
             if hp[key] < 0:
                 raise ConfigurationError(f"hparams '{key}' must be ≥ 0, got {hp[key]!r}")
+        for key, allowed in SWITCH_CHOICES.items():
+            if key in hp and hp[key] not in allowed:
+                raise ConfigurationError(f"hparams '{key}' must be one of {', '.join(allowed)}, got {hp[key]!r}")
+        groups = hp["prefix_groups"]
+        if not all(isinstance(g, (list, tuple)) and len(g) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in g)
+                   for g in groups):
+            raise ConfigurationError(f"hparams 'prefix_groups' must be a list of [tokens, count] pairs of non-negative integers, got {groups!r}")
         if hp["kl_prompt"] and "{subject}" not in hp["kl_prompt"]:
             raise ConfigurationError(f"hparams 'kl_prompt' must contain '{{subject}}', got {hp['kl_prompt']!r}")
         if not all(isinstance(p, str) for p in hp["stats_corpus"]):
             raise ConfigurationError("hparams 'stats_corpus' must be a list of file paths")
         self.edit_layers()  # range checks
 
+    def needs_statistics(self) -> bool:
+        return True
+
     def prepare(self) -> None:
-        corpus = second_moments.load_corpus(
-            second_moments.corpus_paths(self.hparams["stats_corpus"], self.context.train_file), self.hparams["stats_max_samples"]
-        )
+        if not self.needs_statistics():
+            self.prefixes(self.context.edit_lang)
+            return
+        paths = second_moments.corpus_paths(self.hparams["stats_corpus"], self.context.train_file)
+        if not paths and self.hparams["stats_fallback"] == "generated":
+            logger.warning(
+                "%s: no corpus for the key statistics (hparams stats_corpus, train_file or $BIZSRE_TRAIN_FILE); using texts "
+                "the model generates itself in '%s' (generated once, cached). A training file in the edit language gives "
+                "better statistics.", self.name, self.context.edit_lang,
+            )
+            corpus = second_moments.generated_corpus(
+                self.model, self.tokenizer, self.layout, self.context.edit_lang,
+                self.context.model_name or getattr(self.model, "name_or_path", "model"),
+                count=self.hparams["stats_generated_texts"], length=self.hparams["stats_generated_length"],
+            )
+        else:
+            corpus = second_moments.load_corpus(paths, self.hparams["stats_max_samples"])
         moments = second_moments.second_moments(
             self.model, self.tokenizer, self.layout, self.edit_layers(), corpus,
             self.context.model_name or getattr(self.model, "name_or_path", "model"),
@@ -146,15 +197,21 @@ class KeyValueEditor(EditingMethod):
 
     @torch.no_grad()
     def _generate_prefixes(self, lang: str) -> list[str]:
-        count, length = self.hparams["n_prefixes"], self.hparams["prefix_length"]
-        if count == 0:
+        # (tokens to generate, or None: up to a total length) per prefix
+        if self.hparams["prefix_groups"]:
+            plan = [(None, total) for total, count in self.hparams["prefix_groups"] for _ in range(count)]
+        else:
+            plan = [(self.hparams["prefix_length"], None)] * self.hparams["n_prefixes"]
+        if not plan:
             return []
         seeds = PREFIX_SEEDS.get(lang, PREFIX_SEEDS["en"])
         joiner = PREFIX_JOINERS.get(lang, PREFIX_JOINERS["en"])
         generator = torch.Generator().manual_seed(self.context.seed)  # the global RNG stays untouched
         texts = []
-        for i in range(count):
+        for i, (length, total) in enumerate(plan):
             ids = encode_prompt(self.tokenizer, seeds[i % len(seeds)])
+            if length is None:  # the seed's lengths count the start word (and BOS) too
+                length = max(0, total - len(ids))
             generated: list[int] = []
             for _ in range(length):
                 tensor = torch.tensor([ids + generated], device=self.context.device)
@@ -172,7 +229,8 @@ class KeyValueEditor(EditingMethod):
         return texts
 
     def _rows(self, request: EditRequest) -> CaseRows:
-        return case_rows(self.tokenizer, request, self.prefixes(request.lang), self.hparams["kl_prompt"])
+        return case_rows(self.tokenizer, request, self.prefixes(request.lang), self.hparams["kl_prompt"],
+                         kl_at_subject=self.hparams["kl_position"] == "subject")
 
     def _batch(self, rows: list[CaseRows]) -> EditBatch:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -254,14 +312,21 @@ class Rome(KeyValueEditor):
         self.layout.check_layer(layer, "layer")
         return [layer]
 
+    def needs_statistics(self) -> bool:
+        return self.hparams["mom2_adjustment"]
+
     def _edit(self, request: EditRequest) -> None:
         (layer,) = self.edit_layers()
         rows, result = self._delta(request)
         # k*: the mean key over the rewrite rows (prompt with and without prefixes).
         key = result.keys[: rows.n_rewrite].double().mean(0)
-        factor = self._layer_stats[layer]
-        u = torch.cholesky_solve(key.unsqueeze(1).cpu(), factor).squeeze(1)  # C⁻¹ k*
-        denominator = float(u @ key.cpu())
+        if self.hparams["mom2_adjustment"]:
+            u = torch.cholesky_solve(key.unsqueeze(1).cpu(), self._layer_stats[layer]).squeeze(1)  # C⁻¹ k*
+        else:
+            u = key.cpu()
+        # ΔW = δ uᵀ / (uᵀ k): k is k* itself, or (the seed's choice) the bare prompt's key, row 0
+        target_key = key if self.hparams["update_key"] == "mean" else result.keys[0].double()
+        denominator = float(u @ target_key.cpu())
         if not math.isfinite(denominator) or denominator <= 1e-12:
             raise EditFailedError(f"ROME: (C⁻¹k*)ᵀk* = {denominator:.3g} at layer {layer}; the key statistics are degenerate")
         weight = self.layout.weight_out_in("mlp_out", layer)
