@@ -17,7 +17,9 @@ The wrapper knows nothing of any method's internals: it talks to them through
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
+import os
 import re
 import time
 from typing import Any
@@ -27,7 +29,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-from bizsre_tasks import preflight, run_state
+from bizsre_tasks import batch_sizing, preflight, provenance, run_state
 from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
@@ -37,6 +39,7 @@ from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.prefix_cache import shared_prefix_answers, shared_prefix_groups
 from bizsre_tasks.editing.registry import build_method, hparams_source, method_class, read_hparams_file
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.model_args import check_model_args
 from bizsre_tasks.task_docs import PROTOCOLS
 from bizsre_tasks.teacher_forcing import teacher_forced_answers
 
@@ -46,6 +49,9 @@ PACKAGE_VERSION = "0.1.0"
 # model_args that lm-eval also passes to tasks (metadata); the model accepts and ignores them.
 TASK_ONLY_ARGS = ("test_file",)
 TASK_ONLY_PREFIXES = ("prompt_template_",)
+# Progress: answer in slices of about this many seconds, each at least this many batches.
+PROGRESS_SECONDS = 15.0
+MIN_SLICE_BATCHES = 2
 LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]+)?$")
 
 
@@ -85,6 +91,26 @@ def _positive_int(name: str, value: Any) -> int:
     return number
 
 
+def _own_args() -> set[str]:
+    names = set(inspect.signature(EditedHFLM.__init__).parameters) - {"self", "kwargs"}
+    return names | set(TASK_ONLY_ARGS) | {prefix + "<lang>" for prefix in TASK_ONLY_PREFIXES}
+
+
+def _hflm_args() -> set[str]:
+    return set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
+
+
+def _model_config(pretrained: str | None, cache_dir: str | None, kwargs: dict):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(
+        resolve_pretrained(pretrained, cache_dir),
+        trust_remote_code=bool(kwargs.get("trust_remote_code")),
+        revision=kwargs.get("revision") or "main",
+        subfolder=kwargs.get("subfolder") or "",
+    )
+
+
 @register_model("edited-hf")
 class EditedHFLM(HFLM):
     def __init__(
@@ -108,6 +134,8 @@ class EditedHFLM(HFLM):
         for key in list(kwargs):
             if key in TASK_ONLY_ARGS or key.startswith(TASK_ONLY_PREFIXES):
                 kwargs.pop(key)
+        # A misspelt name would otherwise reach the HF model's constructor after the weights are loaded.
+        check_model_args(kwargs, own=_own_args(), harness=_hflm_args(), load_config=lambda: _model_config(pretrained, cache_dir, kwargs))
         # Argument checks come before the (slow) model load.
         method = str(method) if ":" in str(method) else str(method).lower()
         method_cls = method_class(method)
@@ -122,7 +150,12 @@ class EditedHFLM(HFLM):
         user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
+        if not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # Under a multi-process launcher without GPUs, accelerate forms a gloo process group only when
+            # told it runs on CPU; otherwise every process is alone (rank 0 of 1) and does all the work.
+            os.environ.setdefault("ACCELERATE_USE_CPU", "1")
         super().__init__(pretrained=resolve_pretrained(pretrained, cache_dir), **kwargs)
+        self._adopt_cpu_processes()
         self.model.requires_grad_(False)
         self.method_name = method
         self.edit_lang = edit_lang
@@ -147,6 +180,29 @@ class EditedHFLM(HFLM):
         )
         self.weights_fingerprint = weights_fingerprint(self.model) if answer_store else ""
         self.editor = build_method(method, context, user_hparams, source=str(hparams_source(hparams, method_cls.name) or f"{method_cls.name} defaults"))
+        provenance.record_run(context.model_name or "model", method, edit_lang, protocol)
+        self._auto_batch_size: int | None = None
+
+    def _adopt_cpu_processes(self) -> None:
+        """Data parallel on CPU: HFLM splits the documents between processes only when it sees more than
+        one GPU, so on CPU every process of the group would still be rank 0 of 1 and do all the work.
+        Take the process group's rank and size, as HFLM does for GPUs."""
+        accelerator = getattr(self, "accelerator", None)
+        if accelerator is None or self._world_size != 1 or accelerator.num_processes <= 1 or self.device.type != "cpu":
+            return
+        self._rank, self._world_size = accelerator.process_index, accelerator.num_processes
+        logger.info("data parallel on CPU: rank %d of %d", self._rank, self._world_size)
+
+    def _detect_batch_size(self, requests=None, pos: int = 0) -> int:
+        """`--batch_size auto`: the largest batch whose estimated memory fits in the free memory (see
+        batch_sizing), once per run. The harness's own probe runs the model at its full context (32k
+        tokens for Gemma 3) with the full vocabulary, which does not fit in a CPU machine's memory."""
+        if getattr(self, "_auto_batch_size", None) is None:
+            size = batch_sizing.auto_batch_size(self.model, self.device, self.max_length, self.max_batch_size, self.world_size)
+            if self.world_size > 1:  # every rank must use the same size
+                size = int(min(self.all_gather(torch.tensor([size], device=self.device)).tolist()))
+            self._auto_batch_size = size
+        return self._auto_batch_size
 
     # --- the harness's cache cannot tell edits apart ------------------------------------------
     def set_cache_hook(self, cache_hook) -> None:
@@ -166,6 +222,8 @@ class EditedHFLM(HFLM):
 
     # --- answering ----------------------------------------------------------------------------
     def _teacher_forcing_batch_size(self) -> int:
+        if self.batch_size == "auto":
+            return self._detect_batch_size()
         return self.batch_size if isinstance(self.batch_size, int) and self.batch_size > 0 else 8
 
     def _answer(self, requests: list, indices: list[int], edits: list[AppliedEdit]) -> list[str]:
@@ -234,13 +292,19 @@ class EditedHFLM(HFLM):
                 self._record_failure(case, entry["failure"])
         if store is not None and len(todo) < len(cases):
             logger.info("answer store %s: %d of %d cases already answered, resuming", store.path, len(cases) - len(todo), len(cases))
+        # Counts answers, not cases: a weight-free chunk of many cases is answered in slices that each
+        # move the bar (a case-level bar sat still for a whole chunk, 20 minutes with IKE under load).
+        waiting = {id(case) for case in todo}
+        stored = sum(len(case.indices) for case in cases if id(case) not in waiting)
         progress = tqdm(
-            total=len(cases),
-            initial=len(cases) - len(todo),
+            total=sum(len(case.indices) for case in cases),
+            initial=stored,
             desc=f"edited-hf {self.method_name} (edit_lang={self.edit_lang})",
-            unit="case",
+            unit="answer",
             disable=disable_tqdm or self.rank != 0,
         )
+        progress.set_postfix_str(f"cases {len(cases) - len(todo)}/{len(cases)}", refresh=False)
+        self._progress, cases_done = progress, [len(cases) - len(todo)]
         if todo:
             self.editor.ensure_prepared()
         reference = model_checksum(self.model) if self.verify_restore and self.editor.modifies_weights else None
@@ -252,7 +316,8 @@ class EditedHFLM(HFLM):
             if store is not None:
                 for case in chunk:
                     store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key))
-            progress.update(len(chunk))
+            cases_done[0] += len(chunk)
+            progress.set_postfix_str(f"cases {cases_done[0]}/{len(cases)}")
 
         if self.editor.modifies_weights:
             for start in range(0, len(todo), self.edit_batch):
@@ -263,6 +328,7 @@ class EditedHFLM(HFLM):
                 self._answer_weight_free_chunk(requests, chunk, answers)
                 finished(chunk)
         progress.close()
+        self._progress = None
         if self.failed_edits:
             logger.warning("%d edit(s) failed: %s", len(self.failed_edits), self.failed_edits)
         return [answer if answer is not None else "" for answer in answers]
@@ -284,7 +350,7 @@ class EditedHFLM(HFLM):
             answer_started = clock()
             try:
                 post = case.post_edit
-                self._store(answers, post, self._answer(requests, post, [applied] * len(post)))
+                self._answer_and_store(requests, post, [applied] * len(post), answers)
             finally:
                 restore_started = clock()
                 applied.restore()
@@ -306,7 +372,7 @@ class EditedHFLM(HFLM):
             pre = [i for case in cases for i in case.pre_edit]
             post = [i for case in cases for i in case.post_edit]
             edits = [AppliedEdit()] * len(pre) + [edit for case, edit in zip(cases, applied) for _ in case.post_edit]
-            self._store(answers, pre + post, self._answer(requests, pre + post, edits))
+            self._answer_and_store(requests, pre + post, edits, answers)
         finally:
             restore_started = clock()
             for edit in applied:
@@ -316,7 +382,25 @@ class EditedHFLM(HFLM):
 
     def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
         pre = [i for case in cases for i in case.pre_edit]
-        self._store(answers, pre, self._answer(requests, pre, [AppliedEdit()] * len(pre)))
+        self._answer_and_store(requests, pre, [AppliedEdit()] * len(pre), answers)
+
+    def _answer_and_store(self, requests: list, indices: list[int], edits: list[AppliedEdit], answers: list) -> None:
+        """`_answer` in slices sized from the measured time per answer so that each takes about
+        PROGRESS_SECONDS; the progress bar moves after each slice. A slice is at least
+        MIN_SLICE_BATCHES batches, so batching across questions of similar length is kept."""
+        floor = MIN_SLICE_BATCHES * self._teacher_forcing_batch_size()
+        start = 0
+        while start < len(indices):
+            size = max(floor, getattr(self, "_slice_size", floor))
+            part = slice(start, start + size)
+            started = time.perf_counter()
+            self._store(answers, indices[part], self._answer(requests, indices[part], edits[part]))
+            answered = len(indices[part])
+            seconds_per_answer = (time.perf_counter() - started) / answered
+            self._slice_size = max(floor, int(PROGRESS_SECONDS / max(seconds_per_answer, 1e-6)))
+            if getattr(self, "_progress", None) is not None:
+                self._progress.update(answered)
+            start += answered
 
     def _record_timing(self, cases: list[CaseWork], apply_s: float, answer_s: float, restore_s: float) -> None:
         """Timings for the benchmark: one entry per case for weight methods, per chunk for weight-free ones."""

@@ -1,16 +1,30 @@
-"""Makes `lm_eval --model edited-hf` work without an import in the user's code.
+"""Makes a plain `lm_eval` (0.4.13) see the `edited-hf` model and the bundled Bi-ZsRE tasks.
 
-`bizsre prepare` writes a one-line `.pth` file into site-packages. Python runs it at start-up; it
-only installs `_RegistryWatcher`, a meta-path finder that waits for `lm_eval.api.registry` to be
-imported and then registers `edited-hf` as a lazy placeholder (the wrapper module itself is imported
-only when a user asks for that model). Nothing else is imported at start-up. Registering also makes
-an uncaught `BizsreError` (bad data or arguments) end `lm_eval` with its one-line message.
+The package declares both as lm-eval plugins in pyproject.toml (entry-point groups `lm_eval.models`
+and `lm_eval.tasks`, the shape of the harness's plugin discovery). lm-eval 0.4.13 does not scan
+entry points, so `bizsre prepare` writes a one-line `.pth` file into site-packages. Python runs it at
+start-up; it only installs `_ImportWatcher`, a meta-path finder that waits for three harness modules:
+
+- `lm_eval.api.registry`: registers `edited-hf` as a lazy placeholder (the wrapper module is imported
+  only when a user asks for that model);
+- `lm_eval.tasks.manager`: every `TaskManager` also indexes the installed package's task folder,
+  found at run time (so regenerated YAMLs show at once and nothing is ever copied), after the
+  harness's own tasks and before `--include_path` (which therefore still overrides, and which may
+  name the same folder without a duplicate);
+- `lm_eval.loggers.evaluation_tracker`: results files record the Bi-ZsRE test file(s) read and
+  edited-hf runs get their own output subfolder (see `provenance`).
+
+A harness that discovers plugins itself is left to do so: the first two steps are skipped there.
+Nothing else is imported at start-up. Registering also makes an uncaught `BizsreError` (bad data or
+arguments) end `lm_eval` with its one-line message.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.util
+import inspect
 import os
 import site
 import sys
@@ -19,7 +33,10 @@ from pathlib import Path
 
 MODEL_NAME = "edited-hf"
 MODEL_TARGET = "bizsre_tasks.editing_wrapper:EditedHFLM"
-WATCHED_MODULE = "lm_eval.api.registry"
+TASKS_PACKAGE = "bizsre_tasks.yaml"  # the `lm_eval.tasks` entry point's value
+REGISTRY_MODULE = "lm_eval.api.registry"
+TASK_MANAGER_MODULE = "lm_eval.tasks.manager"
+TRACKER_MODULE = "lm_eval.loggers.evaluation_tracker"
 PTH_NAME = "bizsre_tasks_lm_eval.pth"
 # Guarded so that an uninstalled package leaves no start-up error behind.
 PTH_LINE = (
@@ -28,14 +45,62 @@ PTH_LINE = (
 )
 
 
-def register_model() -> None:
-    """Register `edited-hf` with the harness (idempotent)."""
-    import lm_eval.models  # noqa: F401  - fills the registry with the harness's own lazy entries first
-    from lm_eval.api.registry import model_registry
+def bundled_tasks_dir() -> Path:
+    """The folder of the installed package's task YAMLs, resolved like the harness resolves an
+    `lm_eval.tasks` entry point (the package's own directory)."""
+    spec = importlib.util.find_spec(TASKS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{TASKS_PACKAGE} is not an importable package")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
 
-    if MODEL_NAME not in model_registry:
-        model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+
+def register_model(registry=None) -> None:
+    """Register `edited-hf` with the harness (idempotent); `registry` is `lm_eval.api.registry`."""
+    if registry is None:
+        import lm_eval.api.registry as registry
+
     _install_error_hook()
+    if hasattr(registry, "load_plugins"):  # the harness reads our `lm_eval.models` entry point itself
+        return
+    import lm_eval.models  # noqa: F401  - fills the registry with the harness's own lazy entries first
+
+    if MODEL_NAME not in registry.model_registry:
+        registry.model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+
+
+def with_bundled_tasks(include_path):
+    """`include_path` with the bundled task folder in front, unless it names that folder already."""
+    bundled = bundled_tasks_dir()
+    paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) else [include_path]
+    if any(Path(p).expanduser().resolve() == bundled for p in paths):
+        return include_path
+    return [bundled, *paths]
+
+
+def patch_task_manager(module) -> None:
+    """Every TaskManager also indexes the bundled tasks (skipped where the harness discovers plugins)."""
+    if hasattr(module, "discover_plugin_task_paths"):
+        return
+    task_manager = module.TaskManager
+    original = task_manager.__init__
+    if getattr(original, "_bizsre", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def init(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.arguments["include_path"] = with_bundled_tasks(bound.arguments.get("include_path"))
+        original(*bound.args, **bound.kwargs)
+
+    init._bizsre = True
+    task_manager.__init__ = init
+
+
+def patch_tracker(module) -> None:
+    from bizsre_tasks import provenance
+
+    provenance.patch_evaluation_tracker(module.EvaluationTracker)
 
 
 def _install_error_hook() -> None:
@@ -57,29 +122,49 @@ def _install_error_hook() -> None:
     sys.excepthook = hook
 
 
-class _RegistryWatcher(importlib.abc.MetaPathFinder):
+# module name -> what to do once it has been executed (receives the module)
+AFTER_IMPORT = {
+    REGISTRY_MODULE: register_model,
+    TASK_MANAGER_MODULE: patch_task_manager,
+    TRACKER_MODULE: patch_tracker,
+}
+
+
+class _ImportWatcher(importlib.abc.MetaPathFinder):
+    """Runs AFTER_IMPORT[name] right after the module `name` is executed, whoever imports it."""
+
+    def __init__(self) -> None:
+        self.pending = set(AFTER_IMPORT)
+
     def find_spec(self, fullname, path, target=None):
-        if fullname != WATCHED_MODULE:
+        if fullname not in self.pending:
             return None
-        sys.meta_path.remove(self)
+        self.pending.discard(fullname)
+        if not self.pending:
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(fullname)
         if spec is None or spec.loader is None:
             return spec
         original_exec = spec.loader.exec_module
 
-        def exec_then_register(module):
+        def exec_then_patch(module):
             original_exec(module)
-            register_model()
+            AFTER_IMPORT[fullname](module)
 
-        spec.loader.exec_module = exec_then_register
+        spec.loader.exec_module = exec_then_patch
         return spec
 
 
 def install() -> None:
-    if WATCHED_MODULE in sys.modules:
-        register_model()
-    elif not any(isinstance(finder, _RegistryWatcher) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _RegistryWatcher())
+    if any(isinstance(finder, _ImportWatcher) for finder in sys.meta_path):
+        return
+    watcher = _ImportWatcher()
+    for name in list(watcher.pending):
+        if name in sys.modules:  # imported before the hook (e.g. `bizsre run`, tests): act now
+            watcher.pending.discard(name)
+            AFTER_IMPORT[name](sys.modules[name])
+    if watcher.pending:
+        sys.meta_path.insert(0, watcher)
 
 
 def site_packages_dir() -> Path:

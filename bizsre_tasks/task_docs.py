@@ -14,10 +14,11 @@ reach this module.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from typing import Any
 
-from bizsre_tasks import data_loading, metrics, prompts, run_state
+from bizsre_tasks import data_loading, metrics, prompts, provenance, run_state
 
 SPLITS = ("reliability", "generality", "locality", "portability")
 # Each split's question and target: the LanguagePart attribute and, for error messages, the record field.
@@ -55,6 +56,17 @@ def protocol_from(metadata: dict[str, Any]) -> str:
     return protocol
 
 
+def _test_file_source(metadata: dict[str, Any]) -> str:
+    """How the test file was chosen (same order as data_loading.resolve_test_file)."""
+    if metadata.get("test_file"):
+        return "test_file (model_args or --metadata)"
+    if metadata.get("bizsre_bound_file"):
+        return "task folder made by bizsre make-tasks"
+    if os.environ.get(data_loading.TEST_FILE_ENV):
+        return f"${data_loading.TEST_FILE_ENV}"
+    return "bundled demo sample"
+
+
 def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
     split = metadata.get("bizsre_split")
     if split not in SPLITS:
@@ -65,6 +77,7 @@ def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
         raise ValueError(f"task metadata 'bizsre_lang' is required for split '{split}'")
     path = data_loading.resolve_test_file(metadata.get("test_file") or metadata.get("bizsre_bound_file"))
     test_set = data_loading.load_test_set(path)
+    provenance.record_test_file(path, test_set.fingerprint, _test_file_source(metadata))
     for needed, role in ((edit_lang, "edit_lang"), (lang, "task language")):
         if needed not in test_set.languages:
             raise data_loading.DataFormatError(

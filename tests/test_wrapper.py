@@ -71,6 +71,7 @@ def test_weight_free_chunk_answers_pre_and_post_edit_questions_in_one_call(tiny_
     calls = []
     real = editing_wrapper.teacher_forced_answers
     monkeypatch.setattr(editing_wrapper, "teacher_forced_answers", lambda m, t, prompts, *rest: calls.append(len(prompts)) or real(m, t, prompts, *rest))
+    monkeypatch.setattr(editing_wrapper, "MIN_SLICE_BATCHES", 1000)  # no progress slices: one call per chunk
     args = _args(tiny_gpt2, protocol="teacher_forced", cross_case_batch=2)
     edited = run_harness({**args, "method": "prefix"}, ["bizsre"], limit=3)
     assert len(calls) == 2  # 3 cases in chunks of 2: one call per chunk, pre- and post-edit questions together
@@ -178,3 +179,21 @@ def test_teacher_forced_answers_match_manual_argmax(tiny_llama):
     expected = logits[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(target_ids)].argmax(-1).tolist()
     got = teacher_forced_answers(model, tokenizer, [prompt, "问题：短？\n答案："], [target, "火星"], batch_size=2)
     assert got[0] == tokenizer.decode(expected, skip_special_tokens=True).strip()
+
+
+def test_answers_come_in_slices_that_move_the_progress_bar(tiny_gpt2, monkeypatch):
+    """A chunk of many cases is answered in slices (each updates the bar), with the same answers."""
+    from bizsre_tasks import editing_wrapper
+
+    args = _args(tiny_gpt2, protocol="teacher_forced", method="prefix", cross_case_batch=8, batch_size=1)
+    monkeypatch.setattr(editing_wrapper, "MIN_SLICE_BATCHES", 1000)
+    whole = run_harness(args, ["bizsre"], limit=4)
+    monkeypatch.setattr(editing_wrapper, "MIN_SLICE_BATCHES", 2)
+    updates = []
+    real_answer = editing_wrapper.EditedHFLM._answer
+    monkeypatch.setattr(editing_wrapper, "PROGRESS_SECONDS", 0.0)  # every slice is the smallest: 2 batches of 1
+    monkeypatch.setattr(editing_wrapper.EditedHFLM, "_answer", lambda self, r, i, e: updates.append(len(i)) or real_answer(self, r, i, e))
+    sliced = run_harness(args, ["bizsre"], limit=4)
+    assert updates and max(updates) == 2 and sum(updates) == sum(len(s["resps"][0]) for v in sliced["samples"].values() for s in v)
+    for task, samples in whole["samples"].items():
+        assert [s["filtered_resps"] for s in samples] == [s["filtered_resps"] for s in sliced["samples"][task]]

@@ -1,6 +1,6 @@
-"""`bizsre run ...`: lm_eval's own command line with edited-hf registered and our tasks included.
-
-Every option is lm_eval's; `--include_path` gets the bundled task folder added unless given.
+"""`bizsre run ...`: lm_eval's own command line with the start-up hook installed in-process
+(edited-hf registered, the bundled tasks indexed), for an environment where `bizsre prepare` did not
+install it. Every option is lm_eval's.
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_lm_eval(argv: list[str]) -> int:
     from bizsre_tasks import lm_eval_hook
-    from bizsre_tasks.task_generation import BUNDLED_DIR
 
     lm_eval_hook.install()
-    has_include = any(arg == "--include_path" or arg.startswith("--include_path=") for arg in argv)
-    if not has_include and not any(arg in ("-h", "--help") for arg in argv):
-        argv = [*argv, "--include_path", str(BUNDLED_DIR)]
     from lm_eval.__main__ import cli_evaluate
 
     from bizsre_tasks.errors import BizsreError

@@ -11,7 +11,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--cache-dir", help="where converted models live (default: $BIZSRE_CACHE_DIR or ~/.cache/bizsre)")
     if name == "prepare":
         parser.add_argument("--force", action="store_true", help="rebuild the converted default model even if it looks valid")
-        parser.add_argument("--no-hook", action="store_true", help="do not install the lm_eval start-up hook for edited-hf")
+        parser.add_argument("--no-hook", action="store_true", help="do not install the lm_eval start-up hook (edited-hf model and bizsre tasks for lm-eval 0.4.13)")
     if name == "validate":
         parser.add_argument("file", help="a test file (Bi-ZsRE test schema) or training file (flat JSON or question<TAB>answer)")
         parser.add_argument("--train", action="store_true", help="validate as a training file")
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         folder = ensure_default_model(args.cache_dir, force=args.force)
         print(f"default model ready: {folder}")
         if not args.no_hook:
-            print(f"lm_eval hook for edited-hf: {lm_eval_hook.write_pth()}")
+            print(f"lm_eval start-up hook (edited-hf model, bizsre tasks): {lm_eval_hook.write_pth()}")
         return 0
     if args._name == "validate":
         from bizsre_tasks import data_loading
