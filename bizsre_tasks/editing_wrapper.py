@@ -27,7 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 
-from bizsre_tasks import preflight, run_state
+from bizsre_tasks import paper_protocol, preflight, run_state
 from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_VERSION = "0.1.0"
 
 # model_args that lm-eval also passes to tasks (metadata); the model accepts and ignores them.
-TASK_ONLY_ARGS = ("test_file",)
+TASK_ONLY_ARGS = ("test_file", "scoring_tokenizer")
 TASK_ONLY_PREFIXES = ("prompt_template_",)
 LANG_CODE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]+)?$")
 
@@ -127,6 +127,7 @@ class EditedHFLM(HFLM):
         self.method_name = method
         self.edit_lang = edit_lang
         self.protocol = protocol
+        run_state.record_wrapper_protocol(protocol)
         self.seed = int(seed)
         self.verify_restore = bool(verify_restore)
         self.edit_count = 0
@@ -173,6 +174,12 @@ class EditedHFLM(HFLM):
         if not indices:
             return []
         contexts = [edit.rewrite_prompt(requests[i].args[0]) for i, edit in zip(indices, edits)]
+        if self.protocol == "paper":
+            questions, docs = [requests[i].args[0] for i in indices], [requests[i].doc for i in indices]
+            return paper_protocol.paper_answers(
+                self.model, self.tokenizer, questions, [doc["target"] for doc in docs], [doc["paper_variant"] for doc in docs],
+                [paper_protocol.split_rewrite(q, c) for q, c in zip(questions, contexts)], self._teacher_forcing_batch_size(),
+            )
         if self.protocol == "teacher_forced":
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
             return self._teacher_forced(contexts, targets, edits)
