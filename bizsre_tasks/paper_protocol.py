@@ -112,13 +112,34 @@ def split_rewrite(question: str, rewritten: str) -> str:
     return rewritten[: len(rewritten) - len(question)]
 
 
+def shared_rows(rows: list[list[int]], owners: list[int]) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Rows to run and, for every row, (run row, position) of its last token. A question's prompts mostly
+    extend one another token for token (the question, then one more target token each time); a causal
+    model's output at the end of a shorter one is then its output at that position of the longest, so
+    only the longest runs. Prompts whose re-tokenisation breaks the chain run on their own."""
+    runs: list[list[int]] = []
+    owner_runs: dict[int, list[int]] = {}
+    where: list[tuple[int, int]] = [(0, 0)] * len(rows)
+    for i in sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True):
+        row = rows[i]
+        for r in owner_runs.get(owners[i], []):
+            if runs[r][: len(row)] == row:
+                where[i] = (r, len(row) - 1)
+                break
+        else:
+            owner_runs.setdefault(owners[i], []).append(len(runs))
+            where[i] = (len(runs), len(row) - 1)
+            runs.append(row)
+    return runs, where
+
+
 @torch.no_grad()
-def last_position_argmax(model, rows: list[list[int]], pad_id: int | None, batch_size: int) -> list[int]:
-    """The argmax token after each row of token ids; rows of similar length are batched (right padding),
-    and the head runs at each row's last position only."""
+def argmax_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int | None, batch_size: int) -> list[list[int]]:
+    """The argmax token after `positions[r]` of each row of token ids; rows of similar length are batched
+    (right padding) and the head runs at the asked positions only."""
     device = next(model.parameters()).device
     pad_id = pad_id if pad_id is not None else 0
-    tokens = [0] * len(rows)
+    tokens: list[list[int]] = [[] for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
     for start in range(0, len(order), batch_size):
         members = order[start : start + batch_size]
@@ -129,10 +150,11 @@ def last_position_argmax(model, rows: list[list[int]], pad_id: int | None, batch
             input_ids[b, : len(rows[i])] = torch.tensor(rows[i])
             mask[b, : len(rows[i])] = 1
         hidden = hidden_states(model, input_ids.to(device), mask.to(device))
-        last = torch.tensor([len(rows[i]) - 1 for i in members], device=device)
-        best = head_argmax(model, hidden[torch.arange(len(members), device=device), last])
-        for i, token in zip(members, best.tolist()):
-            tokens[i] = token
+        batch_index = torch.tensor([b for b, i in enumerate(members) for _ in positions[i]], device=device)
+        position_index = torch.tensor([p for i in members for p in positions[i]], device=device)
+        best = head_argmax(model, hidden[batch_index, position_index]).tolist()
+        for i in members:
+            tokens[i], best = best[: len(positions[i])], best[len(positions[i]) :]
     return tokens
 
 
@@ -145,8 +167,10 @@ def paper_answers(
     prefixes: list[str] | None = None,
     batch_size: int = 32,
 ) -> list[str]:
-    """The seed's answer to each question: one forward pass per prompt of `paper_prompts`, all the
-    prompts of all questions batched together. `prefixes`: text a method puts in front of each question."""
+    """The seed's answer to each question: the argmax after each prompt of `paper_prompts` (the seed runs
+    one forward pass per prompt; here a prompt that the tokens of a longer one extend is read off that
+    one, `shared_rows`), the prompts of all questions batched. `prefixes`: text a method puts in front
+    of each question."""
     prefixes = prefixes or [""] * len(questions)
     limit = context_length(model)
     rows: list[list[int]] = []
@@ -155,8 +179,13 @@ def paper_answers(
         for prompt in paper_prompts(tokenizer, question, answer, variant(name)):
             rows.append(_prompt_ids(tokenizer, prompt, prefix, limit))
             owners.append(n)
-    predicted = last_position_argmax(model, rows, tokenizer.pad_token_id, batch_size)
+    runs, where = shared_rows(rows, owners)
+    positions: list[list[int]] = [[] for _ in runs]
+    for run, position in where:
+        positions[run].append(position)
+    positions = [sorted(set(p)) for p in positions]
+    predicted = argmax_at(model, runs, positions, tokenizer.pad_token_id, batch_size)
     per_question: list[list[int]] = [[] for _ in questions]
-    for owner, token in zip(owners, predicted):
-        per_question[owner].append(token)
+    for owner, (run, position) in zip(owners, where):
+        per_question[owner].append(predicted[run][positions[run].index(position)])
     return [variant(name).normalise(tokenizer.decode(ids, skip_special_tokens=True)) for ids, name in zip(per_question, variants)]

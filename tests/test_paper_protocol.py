@@ -195,3 +195,11 @@ def test_edited_hf_runs_every_task_under_paper(tiny_gemma, method, monkeypatch):
         doc = sample["doc"]
         direct = paper_protocol.paper_answers(model, tokenizer, [doc["question"]], [doc["target"]], [doc["paper_variant"]])
         assert sample["filtered_resps"][0] == direct[0]
+
+
+def test_prompts_that_extend_one_another_run_once():
+    rows = [[2, 5], [2, 5, 6], [2, 7], [2, 5, 6], [2, 5, 6, 8]]
+    owners = [0, 0, 0, 1, 0]
+    runs, where = paper_protocol.shared_rows(rows, owners)
+    assert runs == [[2, 5, 6, 8], [2, 5, 6], [2, 7]]  # another question's identical prompt is not shared
+    assert where == [(0, 1), (0, 2), (2, 1), (1, 2), (0, 3)]
