@@ -26,8 +26,10 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from bizsre_tasks import paper_protocol, preflight, run_state
+from bizsre_tasks.answer_lines import EndAfterFirstLine
 from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
@@ -183,7 +185,9 @@ class EditedHFLM(HFLM):
         if self.protocol == "teacher_forced":
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
             return self._teacher_forced(contexts, targets, edits)
-        plain = [_Request(context, requests[i].args[1]) for context, i in zip(contexts, indices)]
+        # Rows stop once their first non-empty line is complete (the answer, `answer_lines`), not at max_gen_toks.
+        end = {"logits_processor": LogitsProcessorList([EndAfterFirstLine(self.tokenizer)])}
+        plain = [_Request(context, {**requests[i].args[1], **end}) for context, i in zip(contexts, indices)]
         return super().generate_until(plain, disable_tqdm=True)
 
     def _teacher_forced(self, contexts: list[str], targets: list[str], edits: list[AppliedEdit]) -> list[str]:

@@ -58,3 +58,29 @@ def test_answers_opening_with_a_newline_are_not_empty(tiny_gpt2, monkeypatch, mo
     assert metric(results, "bizsre_locality_en", "empty") == 0.0 and metric(results, "bizsre_locality_en") == 1.0
     # blank answers before and after the edit agree (f1 1), and the task says they were empty
     assert metric(results, "bizsre_locality_zh", "empty") == 1.0 and metric(results, "bizsre_locality_zh") == 1.0
+
+
+def test_generation_ends_once_the_first_line_is_complete(tiny_gpt2):
+    import torch
+    from transformers import AutoTokenizer
+
+    from bizsre_tasks.answer_lines import EndAfterFirstLine
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
+    prompt = tokenizer("Question: Where?\nAnswer:")["input_ids"]
+    end = EndAfterFirstLine(tokenizer)
+    vocabulary = len(tokenizer)
+
+    def step(*continuations):
+        rows = [prompt + tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+        return end(ids, torch.zeros(len(rows), vocabulary))
+
+    assert not step("", "").isinf().any()  # first call: the prompt length is noted
+    scores = step("\n", "Mars")
+    assert not scores.isinf().any()  # a leading newline does not end the answer
+    scores = step("\nMars\n", "Mars")
+    assert scores[0].isinf().sum() == vocabulary - 1 and scores[0, tokenizer.eos_token_id] == 0.0
+    assert not scores[1].isinf().any()
+    assert not step("", "").isinf().any()  # a shorter input: a new generation starts
