@@ -28,6 +28,7 @@ import torch
 
 from bizsre_tasks.editing.common import context_length, hidden_states, left_truncate
 from bizsre_tasks.editing.head_softmax import head_argmax
+from bizsre_tasks.errors import ConfigurationError
 
 # The seed's hyperparameter classes default `max_length` to 30 and its evaluation tokenises prompts and
 # targets with `truncation=True, max_length=hparams.max_length` (right side: a long prompt loses its end).
@@ -108,7 +109,7 @@ def _prompt_ids(tokenizer, prompt: str, prefix: str, limit: int | None) -> list[
 def split_rewrite(question: str, rewritten: str) -> str:
     """The text a method's `rewrite_prompt` put in front of the question ('' when none)."""
     if not rewritten.endswith(question):
-        raise ValueError("protocol=paper needs methods whose prompt rewrite only puts text in front of the question")
+        raise ConfigurationError("protocol=paper needs a method whose prompt rewrite only puts text in front of the question")
     return rewritten[: len(rewritten) - len(question)]
 
 

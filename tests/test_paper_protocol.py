@@ -203,3 +203,9 @@ def test_prompts_that_extend_one_another_run_once():
     runs, where = paper_protocol.shared_rows(rows, owners)
     assert runs == [[2, 5, 6, 8], [2, 5, 6], [2, 7]]  # another question's identical prompt is not shared
     assert where == [(0, 1), (0, 2), (2, 1), (1, 2), (0, 3)]
+
+
+def test_a_rewrite_that_does_more_than_prepend_is_refused():
+    assert paper_protocol.split_rewrite("Q?", "New fact. Q?") == "New fact. "
+    with pytest.raises(ConfigurationError, match="puts text in front of the question"):
+        paper_protocol.split_rewrite("Q?", "Q? Think.")
