@@ -28,8 +28,10 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
-from bizsre_tasks import batch_sizing, preflight, provenance, run_state
+from bizsre_tasks import batch_sizing, paper_protocol, preflight, provenance, run_state
+from bizsre_tasks.answer_lines import EndAfterFirstLine
 from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
 from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
@@ -47,7 +49,7 @@ logger = logging.getLogger(__name__)
 PACKAGE_VERSION = "0.1.0"
 
 # model_args that lm-eval also passes to tasks (metadata); the model accepts and ignores them.
-TASK_ONLY_ARGS = ("test_file",)
+TASK_ONLY_ARGS = ("test_file", "scoring_tokenizer")
 TASK_ONLY_PREFIXES = ("prompt_template_",)
 # Progress: answer in slices of about this many seconds, each at least this many batches.
 PROGRESS_SECONDS = 15.0
@@ -160,6 +162,7 @@ class EditedHFLM(HFLM):
         self.method_name = method
         self.edit_lang = edit_lang
         self.protocol = protocol
+        run_state.record_wrapper_protocol(protocol)
         self.seed = int(seed)
         self.verify_restore = bool(verify_restore)
         self.edit_count = 0
@@ -231,10 +234,18 @@ class EditedHFLM(HFLM):
         if not indices:
             return []
         contexts = [edit.rewrite_prompt(requests[i].args[0]) for i, edit in zip(indices, edits)]
+        if self.protocol == "paper":
+            questions, docs = [requests[i].args[0] for i in indices], [requests[i].doc for i in indices]
+            return paper_protocol.paper_answers(
+                self.model, self.tokenizer, questions, [doc["target"] for doc in docs], [doc["paper_variant"] for doc in docs],
+                [paper_protocol.split_rewrite(q, c) for q, c in zip(questions, contexts)], self._teacher_forcing_batch_size(),
+            )
         if self.protocol == "teacher_forced":
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
             return self._teacher_forced(contexts, targets, edits)
-        plain = [_Request(context, requests[i].args[1]) for context, i in zip(contexts, indices)]
+        # Rows stop once their first non-empty line is complete (the answer, `answer_lines`), not at max_gen_toks.
+        end = {"logits_processor": LogitsProcessorList([EndAfterFirstLine(self.tokenizer)])}
+        plain = [_Request(context, {**requests[i].args[1], **end}) for context, i in zip(contexts, indices)]
         return super().generate_until(plain, disable_tqdm=True)
 
     def _teacher_forced(self, contexts: list[str], targets: list[str], edits: list[AppliedEdit]) -> list[str]:

@@ -115,3 +115,20 @@ def multiset_f1(predicted: Sequence, gold: Sequence) -> float:
 
 def f1_score(prediction: str, gold: str, lang: str) -> float:
     return multiset_f1(answer_tokens(prediction, lang), answer_tokens(gold, lang))
+
+
+def seed_token_scores(prediction: str, gold: str, tokenizer) -> dict[str, float]:
+    """The paper code's scores (krystalan/Bi_ZsRE `evaluate.py`, `obtain_f1_and_em`) over the token ids
+    of `tokenizer` (no special tokens): `f1` (harmonic mean; zero overlap scores 0 where the seed's
+    current code divides by zero), `f1_as_published` (precision x recall, the formula of the seed's
+    first release) and `em` (raw string equality, nothing stripped). As in the seed, two answers of no
+    tokens score 1 everywhere and one side of no tokens scores 0."""
+    predicted = tokenizer(prediction, add_special_tokens=False)["input_ids"]
+    golden = tokenizer(gold, add_special_tokens=False)["input_ids"]
+    if not predicted or not golden:
+        agree = float(not predicted and not golden)
+        return {"f1": agree, "f1_as_published": agree, "em": agree}
+    overlap = sum((Counter(predicted) & Counter(golden)).values())
+    precision, recall = overlap / len(predicted), overlap / len(golden)
+    harmonic = 2 * precision * recall / (precision + recall) if overlap else 0.0
+    return {"f1": harmonic, "f1_as_published": precision * recall, "em": float(prediction == gold)}

@@ -65,6 +65,10 @@ def _check_edit(edit: EditRequest, doc: dict[str, Any], tokenizer, max_length: i
 def _check_request(request: Any, tokenizer, max_length: int, protocol: str, default_max_gen_toks: int) -> None:
     doc = request.doc
     context, gen_kwargs = request.args
+    if protocol == "paper":
+        # The paper's code cuts every prompt to its first 30 tokens (`paper_protocol.SEED_MAX_LENGTH`) and
+        # keeps a target of only a BOS: nothing here can overflow or be left without a position.
+        return
     prompt_length = len(encode_prompt(tokenizer, context))
     if protocol == "teacher_forced":
         if not encode_target(tokenizer, doc["target"]):

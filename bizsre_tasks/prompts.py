@@ -1,7 +1,8 @@
 """Prompt templates per language.
 
 A template turns a question into the text the model continues; `{question}` is replaced by the
-question. The answer is expected on the same line, so tasks stop generating at the first newline.
+question. The answer is the first non-empty line of the continuation (`answer_lines`): generation
+does not stop at a newline, since models often open their answer with one.
 Templates can be overridden per language through model_args/metadata
 (`prompt_template_en="Q: {question}\\nA:"`) or the environment variable `BIZSRE_PROMPT_TEMPLATE_<LANG>`.
 Languages without a template here use the English one.
@@ -21,7 +22,8 @@ PROMPT_TEMPLATES: dict[str, str] = {
     "ja": "質問：{question}\n答え：",
 }
 FALLBACK_LANGUAGE = "en"
-STOP_SEQUENCES = ["\n"]
+# Generation stops only at the end-of-sequence token or `max_gen_toks` (see `answer_lines`).
+STOP_SEQUENCES: list[str] = []
 
 # Locality questions of the English ZsRE data carry this Natural Questions marker; it is not part of
 # the question a person would ask, so prompts drop it.

@@ -7,8 +7,12 @@ per case and answer all of that case's requests under it. Locality documents are
 task's `repeats: 2`): the first answer comes from the unedited model, the second from the edited one.
 
 Task YAMLs call `load_docs` as their `custom_dataset`; lm-eval passes the task metadata merged with
-model_args, so `test_file`, `edit_lang`, `protocol` and prompt overrides given on the command line
-reach this module.
+model_args, so `test_file`, `edit_lang`, `protocol`, `scoring_tokenizer` and prompt overrides given on
+the command line reach this module.
+
+Protocols: `generate` (the default) asks the templated question and scores language-aware words;
+`teacher_forced` and `paper` need answers that only `edited-hf` computes (the argmax under the gold
+prefix) and score token ids; `paper` reproduces the paper code's evaluation (`paper_protocol`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from bizsre_tasks import data_loading, metrics, prompts, provenance, run_state
+from bizsre_tasks import data_loading, metrics, paper_protocol, prompts, provenance, run_state
+from bizsre_tasks.errors import ConfigurationError
 
 SPLITS = ("reliability", "generality", "locality", "portability")
 # Each split's question and target: the LanguagePart attribute and, for error messages, the record field.
@@ -29,7 +34,14 @@ SPLIT_FIELDS = {
     "portability": (("portability_question", "portability.New Question"), ("portability_answer", "portability.New Answer")),
 }
 DEFAULT_EDIT_LANG = "en"
-PROTOCOLS = ("generate", "teacher_forced")
+PROTOCOLS = ("generate", "teacher_forced", "paper")
+# Protocols whose answers only the `edited-hf` model computes; the plain `hf` model would generate instead.
+WRAPPER_PROTOCOLS = ("teacher_forced", "paper")
+# Under `paper` the prompt is the raw question field, as in the paper's code (no template, the
+# `nq question: ` marker kept); the seed's target and prompt construction per split:
+RAW_PROMPT_PROTOCOLS = ("paper",)
+RAW_QUESTION_TEMPLATE = "{question}"
+PAPER_VARIANT_BY_SPLIT = {"reliability": "edit", "generality": "edit", "locality": "edit", "portability": "portability"}
 
 
 def _split_question_and_target(part: data_loading.LanguagePart, split: str) -> tuple[str, str]:
@@ -84,9 +96,21 @@ def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
                 path, f"{role} '{needed}' is not among the file's languages {list(test_set.languages)}", field=needed
             )
     protocol = protocol_from(metadata)
-    scoring_tokenizer = str(metadata.get("pretrained") or "") if protocol == "teacher_forced" else ""
-    edit_template = prompts.prompt_template(edit_lang, metadata)
-    template = prompts.prompt_template(lang, metadata)
+    # The model's own tokenizer (the default model when `pretrained` is not given) builds the paper
+    # protocol's gold; `scoring_tokenizer` (default: the same) counts the F1 tokens.
+    model_tokenizer = str(metadata.get("tokenizer") or metadata.get("pretrained") or "")
+    scoring_tokenizer = str(metadata.get("scoring_tokenizer") or model_tokenizer) if protocol in WRAPPER_PROTOCOLS else ""
+    if protocol in RAW_PROMPT_PROTOCOLS:
+        edit_template = template = RAW_QUESTION_TEMPLATE
+
+        def as_prompt(template: str, question: str) -> str:
+            return template.format(question=question)
+    else:
+        edit_template = prompts.prompt_template(edit_lang, metadata)
+        template = prompts.prompt_template(lang, metadata)
+
+        def as_prompt(template: str, question: str) -> str:
+            return template.format(question=prompts.clean_question(question))
     docs = []
     for case in test_set.cases:
         part = case.part(lang)
@@ -97,7 +121,7 @@ def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
         edit = {
             "lang": edit_lang,
             "subject": edit_part.subject,
-            "prompt": edit_template.format(question=prompts.clean_question(edit_part.src)),
+            "prompt": as_prompt(edit_template, edit_part.src),
             "target": edit_part.alt,
             "target_separator": prompts.answer_separator(edit_template),
             "question": edit_part.src,
@@ -111,11 +135,14 @@ def build_docs(metadata: dict[str, Any]) -> list[dict[str, Any]]:
                 "split": split,
                 "lang": lang,
                 "question": question,
-                "prompt": template.format(question=prompts.clean_question(question)),
+                "prompt": as_prompt(template, question),
                 "target": target,
                 "target_separator": prompts.answer_separator(template),
                 "protocol": protocol,
                 "scoring_tokenizer": scoring_tokenizer,
+                "model_tokenizer": model_tokenizer,
+                "cache_dir": str(metadata.get("cache_dir") or ""),
+                "paper_variant": PAPER_VARIANT_BY_SPLIT[split],
                 "bizsre_edit": json.dumps(edit, ensure_ascii=False),
             }
         )
@@ -130,34 +157,68 @@ def load_docs(**metadata: Any):
 
 
 @lru_cache(maxsize=4)
-def _scoring_tokenizer(name: str):
+def _tokenizer(name: str, cache_dir: str = ""):
     from transformers import AutoTokenizer
 
     from bizsre_tasks.default_model import resolve_pretrained
 
-    return AutoTokenizer.from_pretrained(resolve_pretrained(name or None))
+    return AutoTokenizer.from_pretrained(resolve_pretrained(name or None, cache_dir or None))
 
 
-def score(prediction: str, gold: str, doc: dict[str, Any]) -> tuple[float, float]:
-    """(F1, EM) of one answer: language-aware words for `generate`, model tokens for `teacher_forced`."""
-    if doc.get("protocol") == "teacher_forced":
-        tokenizer = _scoring_tokenizer(doc.get("scoring_tokenizer") or "")
+def _check_answered_by_wrapper(doc: dict[str, Any]) -> None:
+    protocol = doc.get("protocol")
+    if protocol in WRAPPER_PROTOCOLS and not run_state.wrapper_answers(protocol):
+        raise ConfigurationError(
+            f"protocol={protocol} scores the argmax answers under the gold prefix that only the edited-hf model "
+            f"computes; run it with --model edited-hf (method=none for the unedited model), or drop protocol={protocol} "
+            "to generate answers with this model"
+        )
+
+
+def score(prediction: str, gold: str, doc: dict[str, Any]) -> dict[str, float]:
+    """Scores of one answer: language-aware words for `generate`, token ids of the scoring tokenizer
+    for `teacher_forced` and `paper` (the latter with the paper code's rules, `metrics.seed_token_scores`)."""
+    protocol = doc.get("protocol")
+    if protocol == "paper":
+        return metrics.seed_token_scores(prediction, gold, _tokenizer(doc.get("scoring_tokenizer") or "", doc.get("cache_dir") or ""))
+    if protocol == "teacher_forced":
+        tokenizer = _tokenizer(doc.get("scoring_tokenizer") or "", doc.get("cache_dir") or "")
         predicted_ids = tokenizer(prediction.strip(), add_special_tokens=False)["input_ids"]
         gold_ids = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
-        return metrics.multiset_f1(predicted_ids, gold_ids), float(prediction.strip() == gold.strip())
+        return {"f1": metrics.multiset_f1(predicted_ids, gold_ids), "em": float(prediction.strip() == gold.strip())}
     lang = doc["lang"]
-    return metrics.f1_score(prediction, gold, lang), metrics.exact_match(prediction, gold, lang)
+    return {"f1": metrics.f1_score(prediction, gold, lang), "em": metrics.exact_match(prediction, gold, lang)}
+
+
+def gold_answer(doc: dict[str, Any]) -> str:
+    """The string an answer is scored against: the dataset's answer, or under `paper` the seed's
+    rebuilding of it with the model's tokenizer."""
+    if doc.get("protocol") == "paper":
+        tokenizer = _tokenizer(doc.get("model_tokenizer") or "", doc.get("cache_dir") or "")
+        return paper_protocol.paper_gold(tokenizer, doc["target"], paper_protocol.variant(doc["paper_variant"]))
+    return doc["target"]
+
+
+def _empty(*answers: str) -> float:
+    """Share of empty answers (nothing but whitespace)."""
+    return sum(not answer.strip() for answer in answers) / len(answers)
 
 
 def process_results(doc: dict[str, Any], results: list) -> dict[str, float]:
+    _check_answered_by_wrapper(doc)
     answers = results[0]
     if doc["split"] == "locality":
+        # Agreement of the edited model's answer with the unedited one's; two empty answers agree, and
+        # `empty` shows how often answers were empty.
         pre_edit, post_edit = answers[0], answers[1]
-        f1, em = score(post_edit, pre_edit, doc)
-        gold_f1, gold_em = score(post_edit, doc["target"], doc)
-        return {"f1": f1, "em": em, "gold_f1": gold_f1, "gold_em": gold_em}
+        scores = score(post_edit, pre_edit, doc)
+        against_gold = score(post_edit, gold_answer(doc), doc)
+        scores.update({f"gold_{name}": value for name, value in against_gold.items() if name in ("f1", "em")})
+        scores["empty"] = _empty(pre_edit, post_edit)
+        return scores
     answer = answers if isinstance(answers, str) else answers[0]
-    f1, em = score(answer, doc["target"], doc)
+    scores = score(answer, gold_answer(doc), doc)
+    scores["empty"] = _empty(answer)
     if doc["split"] == "reliability":
-        return {"f1": f1, "em": em, "edit_failed": float(run_state.edit_failed(doc["case_key"]))}
-    return {"f1": f1, "em": em}
+        scores["edit_failed"] = float(run_state.edit_failed(doc["case_key"]))
+    return scores

@@ -20,6 +20,7 @@ TASK_VERSION = 1.0
 MAX_GEN_TOKS = 32
 DOCS_FUNCTION = "bizsre_tasks.task_docs.load_docs"
 RESULTS_FUNCTION = "bizsre_tasks.task_docs.process_results"
+ANSWER_FILTER_FUNCTION = "bizsre_tasks.answer_lines.filter_answers"
 PER_LANGUAGE_SPLITS = ("generality", "locality", "portability")
 
 
@@ -38,8 +39,8 @@ class _TaskDumper(yaml.SafeDumper):
 _TaskDumper.add_representer(_FunctionTag, _represent_function)
 
 
-def _metric(name: str) -> dict:
-    return {"metric": name, "aggregation": "mean", "higher_is_better": True}
+def _metric(name: str, higher_is_better: bool = True) -> dict:
+    return {"metric": name, "aggregation": "mean", "higher_is_better": higher_is_better}
 
 
 def task_config(split: str, lang: str | None, bound_file: str | None = None) -> dict:
@@ -56,17 +57,21 @@ def task_config(split: str, lang: str | None, bound_file: str | None = None) -> 
         "output_type": "generate_until",
         "doc_to_text": "{{prompt}}",
         "doc_to_target": "{{target}}",
+        # No newline stop: an answer may open with one (`answer_lines`); the filter keeps the first non-empty line.
         "generation_kwargs": {"until": list(prompts.STOP_SEQUENCES), "max_gen_toks": MAX_GEN_TOKS, "do_sample": False},
         "process_results": _FunctionTag(RESULTS_FUNCTION),
-        "metric_list": [_metric("f1"), _metric("em")],
+        # f1_as_published: reported under protocol=paper only; empty: share of empty answers.
+        "metric_list": [_metric("f1"), _metric("em"), _metric("f1_as_published"), _metric("empty", higher_is_better=False)],
         "metadata": metadata,
     }
+    answer_filter = {"function": "custom", "filter_fn": _FunctionTag(ANSWER_FILTER_FUNCTION)}
+    config["filter_list"] = [{"name": "none", "filter": [answer_filter]}]
     if split == "reliability":
-        config["metric_list"].append({"metric": "edit_failed", "aggregation": "mean", "higher_is_better": False})
+        config["metric_list"].append(_metric("edit_failed", higher_is_better=False))
     if split == "locality":
         # Two answers per document: unedited model first, edited model second.
         config["repeats"] = 2
-        config["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": 2}]}]
+        config["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": 2}, answer_filter]}]
         config["metric_list"] += [_metric("gold_f1"), _metric("gold_em")]
     return config
 

@@ -15,13 +15,15 @@ def run_harness(
     model: str = "edited-hf",
     include_path=BUNDLED_DIR,
     max_gen_toks: int | None = 6,
+    metadata: dict[str, Any] | None = None,
     **kwargs,
 ):
-    """`max_gen_toks` is kept small by default: tiny random models never stop by themselves."""
+    """`max_gen_toks` is kept small by default: tiny random models never stop by themselves. `metadata`
+    reaches the tasks only (`--metadata`), as the plain `hf` model refuses arguments it does not know."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    task_manager = TaskManager(include_path=str(include_path), metadata=dict(model_args))
+    task_manager = TaskManager(include_path=str(include_path), metadata={**model_args, **(metadata or {})})
     return lm_eval.simple_evaluate(
         model=model,
         model_args=dict(model_args),

@@ -72,7 +72,7 @@ def test_unknown_edit_language_is_reported():
 def test_locality_scoring_uses_pre_edit_answer():
     doc = {"split": "locality", "lang": "en", "target": "Shakespeare", "protocol": "generate"}
     scores = task_docs.process_results(doc, [["Marlowe", "Marlowe"]])
-    assert scores == {"f1": 1.0, "em": 1.0, "gold_f1": 0.0, "gold_em": 0.0}
+    assert scores == {"f1": 1.0, "em": 1.0, "gold_f1": 0.0, "gold_em": 0.0, "empty": 0.0}
     scores = task_docs.process_results(doc, [["Shakespeare", "Marlowe"]])
     assert scores["f1"] == 0.0
 
