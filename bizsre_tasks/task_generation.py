@@ -65,13 +65,16 @@ def task_config(split: str, lang: str | None, bound_file: str | None = None) -> 
         "metadata": metadata,
     }
     answer_filter = {"function": "custom", "filter_fn": _FunctionTag(ANSWER_FILTER_FUNCTION)}
-    config["filter_list"] = [{"name": "none", "filter": [answer_filter]}]
+    # Keep only each document's own answers first: under data parallel the harness pads a rank's requests
+    # with copies of its last instance, whose extra answers land on that instance (the default
+    # `take_first` filter drops them as well).
+    answers_per_doc = 2 if split == "locality" else 1
+    config["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": answers_per_doc}, answer_filter]}]
     if split == "reliability":
         config["metric_list"].append(_metric("edit_failed", higher_is_better=False))
     if split == "locality":
         # Two answers per document: unedited model first, edited model second.
-        config["repeats"] = 2
-        config["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": 2}, answer_filter]}]
+        config["repeats"] = answers_per_doc
         config["metric_list"] += [_metric("gold_f1"), _metric("gold_em")]
     return config
 
