@@ -12,6 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from bizsre_tasks.task_docs import PROTOCOLS
+
 from bizsre_tasks.commands.sweep import comma_list, key_value_pairs, train_files_from
 
 
@@ -31,7 +33,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     add("--test-file", help="Bi-ZsRE test file (default: $BIZSRE_TEST_FILE, else the bundled sample)")
     add("--limit", type=int, help="first N test cases per evaluation (default: all)")
     add("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
-    add("--protocol", default="teacher_forced", choices=("teacher_forced", "generate"), help="answering protocol (default teacher_forced)")
+    add("--protocol", default="teacher_forced", choices=PROTOCOLS, help="answering protocol (default teacher_forced)")
     add("--batch-size", help="lm_eval --batch_size")
     add("--device", help="lm_eval --device and the trainers' --device (default: cuda when available, else cpu)")
     add("--no-answer-store", action="store_true", help="do not keep per-case answers (then a killed evaluation restarts from its first case)")

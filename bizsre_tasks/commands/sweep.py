@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bizsre_tasks.task_docs import PROTOCOLS
+
 
 def comma_list(text: str) -> list[str]:
     return [item.strip().lower() for item in text.split(",") if item.strip()]
@@ -16,8 +18,8 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="sweep folder; run folders <method>_<edit_lang>/ go inside")
     parser.add_argument("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
     parser.add_argument("--limit", type=int, help="first N test cases per run (default: all)")
-    parser.add_argument("--protocol", default="teacher_forced", choices=("teacher_forced", "generate"),
-                        help="answering protocol (default: teacher_forced, as in the paper)")
+    parser.add_argument("--protocol", default="teacher_forced", choices=PROTOCOLS,
+                        help="answering protocol (default: teacher_forced; paper: the paper code's evaluation)")
     parser.add_argument("--test-file", help="Bi-ZsRE test file (default: $BIZSRE_TEST_FILE, else the bundled sample)")
     parser.add_argument("--train-file-en", help="training file for runs editing in English (IKE demonstrations, SERAC/MEND)")
     parser.add_argument("--train-file-zh", help="training file for runs editing in Chinese")
