@@ -12,9 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from bizsre_tasks.task_docs import PROTOCOLS
-
 from bizsre_tasks.commands.sweep import comma_list, key_value_pairs, train_files_from
+from bizsre_tasks.task_docs import PROTOCOLS
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
