@@ -111,15 +111,20 @@ def test_layers_scale_by_relative_depth():
 
 
 # --- ROME / MEMIT switches ----------------------------------------------------------------------
-def test_without_mom2_adjustment_no_statistics_and_update_is_delta_mean_key_over_prompt_key(tiny_gemma, tmp_path, caplog):
-    ctx = _context(tiny_gemma)
-    method = build_method("rome", ctx, {**QUICK, "mom2_adjustment": False, "update_key": "prompt"})
+def _rome_update(model, hparams):
+    """Apply ROME with `hparams` to the tiny model: the weight update, the spied δ rows and result, the edit."""
+    ctx = _context(model)
+    method = build_method("rome", ctx, hparams)
     seen = _spy_deltas(method)
     weight = ctx.layout.weight_out_in("mlp_out", 1)
     before = weight.detach().clone()
     edit = method.apply(TINY_REQUEST)
-    update = (weight.detach() - before).double()
     rows, result = seen[0]
+    return (weight.detach() - before).double(), rows, result, edit
+
+
+def test_without_mom2_adjustment_no_statistics_and_update_is_delta_mean_key_over_prompt_key(tiny_gemma, tmp_path, caplog):
+    update, rows, result, edit = _rome_update(tiny_gemma, {**QUICK, "mom2_adjustment": False, "update_key": "prompt"})
     mean_key = result.keys[: rows.n_rewrite].double().mean(0)
     prompt_key = result.keys[0].double()
     expected = torch.outer(result.delta.double(), mean_key) / float(mean_key @ prompt_key)
@@ -131,14 +136,7 @@ def test_without_mom2_adjustment_no_statistics_and_update_is_delta_mean_key_over
 
 def test_default_update_uses_statistics_and_the_mean_key(tiny_gemma, tmp_path):
     """The counterpart: by default C⁻¹ enters (statistics are computed) and the mean key maps to v*."""
-    ctx = _context(tiny_gemma)
-    method = build_method("rome", ctx, QUICK)
-    seen = _spy_deltas(method)
-    weight = ctx.layout.weight_out_in("mlp_out", 1)
-    before = weight.detach().clone()
-    edit = method.apply(TINY_REQUEST)
-    update = (weight.detach() - before).double()
-    rows, result = seen[0]
+    update, rows, result, edit = _rome_update(tiny_gemma, QUICK)
     mean_key = result.keys[: rows.n_rewrite].double().mean(0)
     torch.testing.assert_close(update @ mean_key, result.delta.double(), rtol=1e-4, atol=1e-6)
     assert not torch.allclose(update @ result.keys[0].double(), result.delta.double(), rtol=1e-3, atol=1e-5)
