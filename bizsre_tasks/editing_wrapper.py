@@ -398,12 +398,16 @@ class EditedHFLM(HFLM):
     def _answer_and_store(self, requests: list, indices: list[int], edits: list[AppliedEdit], answers: list) -> None:
         """`_answer` in slices sized from the measured time per answer so that each takes about
         PROGRESS_SECONDS; the progress bar moves after each slice. A slice is at least
-        MIN_SLICE_BATCHES batches, so batching across questions of similar length is kept."""
+        MIN_SLICE_BATCHES batches, so batching across questions of similar length is kept, and never
+        splits the questions of one edit with a shared prefix (IKE's demonstrations are computed once per
+        slice, so a split would compute them twice)."""
         floor = MIN_SLICE_BATCHES * self._teacher_forcing_batch_size()
         start = 0
         while start < len(indices):
-            size = max(floor, getattr(self, "_slice_size", floor))
-            part = slice(start, start + size)
+            end = start + max(floor, getattr(self, "_slice_size", floor))
+            while end < len(indices) and edits[end] is edits[end - 1] and edits[end].shared_prefix:
+                end += 1
+            part = slice(start, end)
             started = time.perf_counter()
             self._store(answers, indices[part], self._answer(requests, indices[part], edits[part]))
             answered = len(indices[part])
