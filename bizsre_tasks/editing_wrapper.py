@@ -315,20 +315,21 @@ class EditedHFLM(HFLM):
             disable=disable_tqdm or self.rank != 0,
         )
         progress.set_postfix_str(f"cases {len(cases) - len(todo)}/{len(cases)}", refresh=False)
-        self._progress, cases_done = progress, [len(cases) - len(todo)]
+        self._progress, cases_done = progress, len(cases) - len(todo)
         if todo:
             self.editor.ensure_prepared()
         reference = model_checksum(self.model) if self.verify_restore and self.editor.modifies_weights else None
 
         def finished(chunk: list[CaseWork]) -> None:
             """Checks and stores answered cases at once, so that an interrupted run loses none of them."""
+            nonlocal cases_done
             if reference is not None and model_checksum(self.model) != reference:
                 raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {chunk[-1].case_key}")
             if store is not None:
                 for case in chunk:
                     store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key))
-            cases_done[0] += len(chunk)
-            progress.set_postfix_str(f"cases {cases_done[0]}/{len(cases)}")
+            cases_done += len(chunk)
+            progress.set_postfix_str(f"cases {cases_done}/{len(cases)}")
 
         if self.editor.modifies_weights:
             for start in range(0, len(todo), self.edit_batch):
