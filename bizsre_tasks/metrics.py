@@ -3,9 +3,9 @@
 English and other space-delimited languages follow the SQuAD convention: lower-case, strip
 punctuation and articles, split on whitespace. Chinese is segmented with jieba after removing
 punctuation and spaces. Languages written without spaces for which no segmenter is installed
-(Thai, Japanese, ...) fall back to single characters. The rule per language lives in one table,
-`TOKENIZATION_RULES`, and can be overridden with `set_tokenization_rule` or the environment
-variable `BIZSRE_TOKENIZATION` (for example `ja=characters,vi=whitespace`).
+(Thai, Japanese, ...) fall back to single characters. The rule and articles per language are the
+languages table's (`bizsre_tasks/languages.py`); the rule can be overridden with `set_tokenization_rule`
+or the environment variable `BIZSRE_TOKENIZATION` (for example `ja=characters,vi=whitespace`).
 """
 
 from __future__ import annotations
@@ -16,34 +16,19 @@ import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 
-WHITESPACE, JIEBA, CHARACTERS = "whitespace", "jieba", "characters"
-RULES = (WHITESPACE, JIEBA, CHARACTERS)
+from bizsre_tasks import languages
+from bizsre_tasks.languages import CHARACTERS, JIEBA, RULES, WHITESPACE
 
-TOKENIZATION_RULES: dict[str, str] = {
-    "zh": JIEBA,
-    "ja": CHARACTERS,
-    "th": CHARACTERS,
-    "lo": CHARACTERS,
-    "km": CHARACTERS,
-    "my": CHARACTERS,
-    "bo": CHARACTERS,
-}
 DEFAULT_RULE = WHITESPACE
 TOKENIZATION_ENV = "BIZSRE_TOKENIZATION"
-
-# Articles removed under the SQuAD convention, per language; languages not listed keep all words.
-ARTICLES: dict[str, tuple[str, ...]] = {
-    "en": ("a", "an", "the"),
-    "de": ("der", "die", "das", "den", "dem", "des", "ein", "eine", "einen", "einem", "einer", "eines"),
-    "fr": ("le", "la", "les", "l", "un", "une", "des"),
-    "es": ("el", "la", "los", "las", "un", "una", "unos", "unas"),
-}
+# Rules set at run time (`set_tokenization_rule`), over the languages table's.
+_RULE_OVERRIDES: dict[str, str] = {}
 
 
 def set_tokenization_rule(lang: str, rule: str) -> None:
     if rule not in RULES:
         raise ValueError(f"unknown tokenization rule '{rule}' for language '{lang}'; choose one of {', '.join(RULES)}")
-    TOKENIZATION_RULES[lang] = rule
+    _RULE_OVERRIDES[lang] = rule
 
 
 def tokenization_rule(lang: str) -> str:
@@ -54,7 +39,8 @@ def tokenization_rule(lang: str) -> str:
             if rule.strip() not in RULES:
                 raise ValueError(f"{TOKENIZATION_ENV}: unknown rule '{rule}' for '{lang}'; choose one of {', '.join(RULES)}")
             return rule.strip()
-    return TOKENIZATION_RULES.get(lang.split("-")[0].lower(), DEFAULT_RULE)
+    base = lang.split("-")[0].lower()
+    return _RULE_OVERRIDES.get(base) or languages.get(base).tokenization
 
 
 def _is_punctuation(char: str) -> bool:
@@ -70,7 +56,7 @@ def normalize_answer(text: str, lang: str) -> str:
     text = unicodedata.normalize("NFKC", text or "").lower()
     text = _strip_punctuation(text)
     words = text.split()
-    articles = set(ARTICLES.get(lang, ()))
+    articles = set(languages.get(lang).articles)
     return " ".join(word for word in words if word not in articles)
 
 

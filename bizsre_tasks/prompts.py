@@ -5,23 +5,17 @@ question. The answer is the first non-empty line of the continuation (`answer_li
 does not stop at a newline, since models often open their answer with one.
 Templates can be overridden per language through model_args/metadata
 (`prompt_template_en="Q: {question}\\nA:"`) or the environment variable `BIZSRE_PROMPT_TEMPLATE_<LANG>`.
-Languages without a template here use the English one.
+The templates are the languages table's (`bizsre_tasks/languages.py`); a language without one uses the
+fallback language's, with a warning.
 """
 
 from __future__ import annotations
 
 import os
 
-PROMPT_TEMPLATES: dict[str, str] = {
-    "en": "Question: {question}\nAnswer:",
-    "zh": "问题：{question}\n答案：",
-    "de": "Frage: {question}\nAntwort:",
-    "fr": "Question : {question}\nRéponse :",
-    "es": "Pregunta: {question}\nRespuesta:",
-    "ru": "Вопрос: {question}\nОтвет:",
-    "ja": "質問：{question}\n答え：",
-}
-FALLBACK_LANGUAGE = "en"
+from bizsre_tasks import languages
+
+FALLBACK_LANGUAGE = languages.FALLBACK
 # Generation stops only at the end-of-sequence token or `max_gen_toks` (see `answer_lines`).
 STOP_SEQUENCES: list[str] = []
 
@@ -33,7 +27,7 @@ NQ_PREFIX = "nq question:"
 def prompt_template(lang: str, overrides: dict | None = None) -> str:
     key = f"prompt_template_{lang}"
     template = (overrides or {}).get(key) or os.environ.get(f"BIZSRE_PROMPT_TEMPLATE_{lang.upper()}")
-    template = template or PROMPT_TEMPLATES.get(lang) or PROMPT_TEMPLATES[FALLBACK_LANGUAGE]
+    template = template or languages.get(lang).prompt_template
     template = template.replace("\\n", "\n")
     if "{question}" not in template:
         raise ValueError(f"prompt template for '{lang}' must contain '{{question}}': {template!r}")

@@ -13,7 +13,7 @@ from bizsre_tasks.editing.common import build_batch, encode_prompt, logits_at
 from bizsre_tasks.editing.demonstrations import DemonstrationPool
 from bizsre_tasks.editing.head_softmax import HeadObjective
 from bizsre_tasks.editing.layout import ModelLayout
-from bizsre_tasks.editing.rome import PREFIX_SEEDS
+from bizsre_tasks.editing.rome import prefix_seeds
 from bizsre_tasks.editing.registry import (
     METHODS,
     build_method,
@@ -155,7 +155,7 @@ def test_prefix_groups_give_prefixes_of_each_length(tiny_gemma):
     finally:
         handle.remove()
     assert len(prefixes) == 5
-    starts = [len(encode_prompt(ctx.tokenizer, word)) for word in PREFIX_SEEDS["en"][:5]]
+    starts = [len(encode_prompt(ctx.tokenizer, word)) for word in prefix_seeds("en")[0][:5]]
     totals = [3, 3, 7, 7, 7]  # tokens per prefix, the start word (and BOS) included
     assert len(calls) == sum(max(0, total - start) for total, start in zip(totals, starts)) > 0
     assert max(calls) == 7 - 1

@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import data_loading, prompts
+from bizsre_tasks import data_loading, languages, prompts
 from bizsre_tasks.data_loading import TrainRecord
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("copy", "update", "retain")
-FACT_LABELS = {"en": "New Fact: ", "zh": "新事实："}
 CACHE_VERSION = 1
 
 
@@ -45,7 +44,7 @@ class Demonstration:
 
 def fact_line(question: str, answer: str, lang: str, label: str = "") -> str:
     """'New Fact: <question> <answer>' in the edit's language (no trailing newline)."""
-    label = label or FACT_LABELS.get(lang, FACT_LABELS["en"])
+    label = label or languages.get(lang).fact_label
     separator = prompts.answer_separator(prompts.prompt_template(lang))
     return f"{label}{prompts.clean_question(question)}{separator}{answer}"
 

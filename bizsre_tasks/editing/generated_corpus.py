@@ -4,7 +4,7 @@ C = E[k kᵀ] needs many more key vectors than the MLP is wide (2,048 on the 270
 sample holds 80 short texts (~1,600 tokens), so without a training file C was nearly singular in most
 directions and the ridge decided the update. Texts sampled from the model itself need nothing shipped
 or downloaded, follow the model's own distribution of keys, and are written in the edit language:
-generation starts from a few words per language (the table below; other languages start from their
+generation starts from a few words per language (the languages table, `bizsre_tasks/languages.py`; other languages start from their
 prompt template's opening words). Half of the starts are the evaluation template's opening, so many
 keys also look like the question prompts met at test time.
 
@@ -23,30 +23,22 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import prompts
+from bizsre_tasks import languages, prompts
 
 logger = logging.getLogger(__name__)
 
 CORPUS_VERSION = 1
-# Openings the model continues, per language (plain sentence openings; the template openings are added).
-TEXT_STARTS: dict[str, list[str]] = {
-    "en": ["The", "In", "It was", "According to", "He was born in", "She is", "The company", "The city of", "Many people",
-           "During the", "This is", "After the"],
-    "zh": ["这", "在", "根据", "他出生于", "她是", "该公司", "这座城市", "许多人", "在此期间", "这是", "之后", "中国"],
-}
-# First words of questions, put after the language's prompt-template opening ("Question: Who").
-QUESTION_WORDS: dict[str, list[str]] = {
-    "en": ["Who", "What", "Which", "When", "Where", "In which"],
-    "zh": ["谁", "什么", "哪个", "何时", "哪里", "哪一年"],
-}
 
 
 def starts_for(lang: str) -> list[str]:
     """The sentence openings of `lang` (none for a language missing from the table) and as many openings of
     its question template (its text before `{question}`, followed by each of the first words)."""
     template_head = prompts.prompt_template(lang).split("{question}")[0]
-    words = TEXT_STARTS.get(lang, [])
-    heads = [template_head + word for word in QUESTION_WORDS.get(lang, [""])]
+    # Openings the model continues (plain sentence openings) and first words of questions, put after the
+    # template's opening ("Question: Who"): the languages table's `text_starts` and `question_words`.
+    entry = languages.get(lang)
+    words = list(entry.text_starts)
+    heads = [template_head + word for word in entry.question_words or ("",)]
     # equal weight to plain text and question-like text
     return words + heads * max(1, len(words) // max(1, len(heads)))
 

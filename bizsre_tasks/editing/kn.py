@@ -15,7 +15,7 @@
    The paper refines this set by keeping neurons shared across several prompts of the same fact,
    which removes neurons that merely react to the wording. Bi-ZsRE gives one edit prompt, so we
    instead drop neurons that are about as active on unrelated questions asked with the same
-   template (mean |activation| over `REFERENCE_QUESTIONS` > `max_shared` x |activation here|).
+   template (mean |activation| over `reference_questions` > `max_shared` x |activation here|).
    Without this filter the top neurons are ones that fire on every answer position, and editing
    them broke every other answer (locality_en F1 0.33 -> 0.88 on the first 6 test cases).
 3. Update ("updating facts"): each selected neuron's value vector (its column of mlp_out's
@@ -38,7 +38,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from bizsre_tasks import prompts
+from bizsre_tasks import languages, prompts
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
 from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits, naive_mode
 from bizsre_tasks.editing.ft import check_layer_list, check_positive
@@ -48,20 +48,10 @@ logger = logging.getLogger(__name__)
 
 CHOICES = {"attribute_to": ("old", "new"), "target_tokens": ("first", "all")}
 
-# Unrelated questions whose activations tell which neurons fire on any question (see the docstring).
-REFERENCE_QUESTIONS = {
-    "en": [
-        "What is the capital of Canada?", "Who wrote the novel War and Peace?", "Which river flows through Cairo?",
-        "What language is spoken in Brazil?", "When did the Second World War end?", "Who painted the Mona Lisa?",
-        "What is the chemical symbol for gold?", "Which company makes the iPhone?", "In which country is Mount Fuji?",
-        "What sport does Lionel Messi play?", "Who is the author of Hamlet?", "What is the largest planet in the solar system?",
-    ],
-    "zh": [
-        "加拿大的首都是哪里？", "《战争与和平》的作者是谁？", "哪条河流经开罗？", "巴西说什么语言？",
-        "第二次世界大战是什么时候结束的？", "谁画了《蒙娜丽莎》？", "金的化学符号是什么？", "哪家公司生产iPhone？",
-        "富士山在哪个国家？", "梅西从事什么运动？", "《哈姆雷特》的作者是谁？", "太阳系中最大的行星是哪一颗？",
-    ],
-}
+def reference_questions(lang: str) -> list[str]:
+    """Unrelated questions whose activations tell which neurons fire on any question (see the docstring),
+    in the edit's language (the languages table's)."""
+    return list(languages.get(lang).reference_questions)
 
 
 def norm_gain(module: torch.nn.Module | None, dim: int, like: torch.Tensor) -> torch.Tensor:
@@ -159,7 +149,7 @@ class KnowledgeNeurons(EditingMethod):
         cache = self._shared_cache
         key = (lang, tuple(layers))
         if key not in cache:
-            questions = REFERENCE_QUESTIONS.get(lang, REFERENCE_QUESTIONS["en"])
+            questions = reference_questions(lang)
             total: dict[int, torch.Tensor] = {}
             for question in questions:
                 activations, _ = self._observe(encode_prompt(self.tokenizer, prompts.build_prompt(question, lang)), layers)

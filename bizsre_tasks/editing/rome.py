@@ -40,16 +40,18 @@ from bizsre_tasks.editing.value_delta import (
     optimise_delta,
     optimise_deltas,
 )
+from bizsre_tasks import languages
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-# Words the generated context prefixes start from (as in ROME), per language of the edit.
-PREFIX_SEEDS = {
-    "en": ["The", "Therefore", "Because", "I", "You", "It"],
-    "zh": ["这", "因此", "因为", "我", "你", "它"],
-}
-PREFIX_JOINERS = {"en": ". ", "zh": "。"}
+
+
+def prefix_seeds(lang: str) -> tuple[list[str], str]:
+    """Words the generated context prefixes start from (as in ROME) and what joins a prefix to the prompt,
+    in the edit's language (the languages table's)."""
+    entry = languages.get(lang)
+    return list(entry.prefix_seeds), entry.prefix_joiner
 
 # Hyperparameters shared by ROME and MEMIT (the δ optimisation and the statistics).
 SHARED_HPARAMS: dict[str, Any] = {
@@ -204,8 +206,7 @@ class KeyValueEditor(EditingMethod):
             plan = [(self.hparams["prefix_length"], None)] * self.hparams["n_prefixes"]
         if not plan:
             return []
-        seeds = PREFIX_SEEDS.get(lang, PREFIX_SEEDS["en"])
-        joiner = PREFIX_JOINERS.get(lang, PREFIX_JOINERS["en"])
+        seeds, joiner = prefix_seeds(lang)
         generator = torch.Generator().manual_seed(self.context.seed)  # the global RNG stays untouched
         texts = []
         for i, (length, total) in enumerate(plan):

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from bizsre_tasks import prompts
+from bizsre_tasks import languages, prompts
 
 
 class ScopeHead(nn.Module):
@@ -46,7 +46,7 @@ def question_from_prompt(prompt: str) -> str:
     classifier compares questions only. A prompt matching no template is used whole.
     """
     text = prompt.strip()
-    for lang in prompts.PROMPT_TEMPLATES:
+    for lang in languages.with_templates():
         try:
             template = prompts.prompt_template(lang)
         except ValueError:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import data_loading, prompts
+from bizsre_tasks import data_loading, languages, prompts
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,6 @@ logger = logging.getLogger(__name__)
 STATS_VERSION = 1
 # Relative ridge added before inverting C: rare key directions would otherwise blow C⁻¹ up.
 RIDGE = 1e-4
-_HAN = re.compile(r"[\u4e00-\u9fff]")
-_KANA = re.compile(r"[\u3040-\u30ff]")
-_CYRILLIC = re.compile(r"[\u0400-\u04ff]")
 
 
 # --- corpus ---------------------------------------------------------------------------------------
@@ -55,13 +52,7 @@ class Corpus:
 
 def _guess_lang(text: str) -> str:
     """Prompt language for a question: by script, since TSV lines carry no language tag."""
-    if _KANA.search(text):
-        return "ja"
-    if _HAN.search(text):
-        return "zh"
-    if _CYRILLIC.search(text):
-        return "ru"
-    return "en"
+    return languages.guess_from_script(text)
 
 
 def render_qa(question: str, answer: str) -> str:

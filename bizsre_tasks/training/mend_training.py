@@ -57,6 +57,7 @@ from typing import Any
 
 import torch
 
+from bizsre_tasks import languages
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.training.checkpoints import MANIFEST, STATE_DIR, WEIGHTS, CheckpointInfo, read_manifest, save_checkpoint
 
@@ -574,7 +575,7 @@ def train(args: argparse.Namespace) -> Path:
                 f"--aligned-file {opt['aligned_file']} has {len(aligned)} records but {train_file} has {len(records)}: "
                 "line i of the aligned file must state the fact of record i"
             )
-        aligned_lang = opt["aligned_lang"] or ("zh" if lang == "en" else "en")
+        aligned_lang = opt["aligned_lang"] or languages.counterpart(lang)
     size = min(int(opt["train_size"]), len(records))
     records = records[:size]
     aligned = aligned[:size] if aligned is not None else None
