@@ -10,12 +10,13 @@ wrote; a folder without a valid marker (an interrupted conversion, a truncated f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from bizsre_tasks import fingerprints
 
 DEFAULT_MODEL_ALIAS = "gemma3-270m"
 CACHE_ENV = "BIZSRE_CACHE_DIR"
@@ -36,11 +37,7 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return fingerprints.file_fingerprint(path, digits=None)
 
 
 def is_valid_model_dir(folder: Path) -> bool:

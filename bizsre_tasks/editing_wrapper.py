@@ -30,20 +30,33 @@ from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
-from bizsre_tasks import batch_sizing, paper_protocol, preflight, provenance, run_state
-from bizsre_tasks.answer_lines import EndAfterFirstLine
-from bizsre_tasks.answer_store import AnswerStore, request_signature, run_identity
-from bizsre_tasks.case_planning import CaseWork, plan_cases
 from bizsre_tasks.default_model import resolve_pretrained
 from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingContext
 from bizsre_tasks.editing.common import context_limit
 from bizsre_tasks.editing.layout import ModelLayout
-from bizsre_tasks.editing.prefix_cache import shared_prefix_answers, shared_prefix_groups
-from bizsre_tasks.editing.registry import build_method, hparams_source, method_class, read_hparams_file
+from bizsre_tasks.editing.registry import (
+    build_method,
+    hparams_source,
+    method_class,
+    read_hparams_file,
+)
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.model_args import check_model_args
-from bizsre_tasks.task_docs import PROTOCOLS
-from bizsre_tasks.teacher_forcing import teacher_forced_answers
+from bizsre_tasks.tasks import paper_protocol, provenance, run_state
+from bizsre_tasks.tasks.answer_lines import EndAfterFirstLine
+from bizsre_tasks.tasks.task_docs import PROTOCOLS
+from bizsre_tasks.wrapper import batch_sizing, paper_answers, preflight
+from bizsre_tasks.wrapper.answer_store import (
+    AnswerStore,
+    request_signature,
+    run_identity,
+)
+from bizsre_tasks.wrapper.case_planning import CaseWork, plan_cases
+from bizsre_tasks.wrapper.model_args import check_model_args
+from bizsre_tasks.wrapper.prefix_cache import (
+    shared_prefix_answers,
+    shared_prefix_groups,
+)
+from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 
 logger = logging.getLogger(__name__)
 PACKAGE_VERSION = "0.1.0"
@@ -236,7 +249,7 @@ class EditedHFLM(HFLM):
         contexts = [edit.rewrite_prompt(requests[i].args[0]) for i, edit in zip(indices, edits)]
         if self.protocol == "paper":
             questions, docs = [requests[i].args[0] for i in indices], [requests[i].doc for i in indices]
-            return paper_protocol.paper_answers(
+            return paper_answers.paper_answers(
                 self.model, self.tokenizer, questions, [doc["target"] for doc in docs], [doc["paper_variant"] for doc in docs],
                 [paper_protocol.split_rewrite(q, c) for q, c in zip(questions, contexts)], self._teacher_forcing_batch_size(),
             )

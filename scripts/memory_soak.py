@@ -31,11 +31,11 @@ def main() -> int:
     parser.add_argument("--json", default="memory_soak.json")
     args = parser.parse_args()
 
-    from bizsre_tasks import data_loading, prompts
     from bizsre_tasks.commands.bench import default_test_file
     from bizsre_tasks.editing.base import EditRequest
     from bizsre_tasks.editing_wrapper import EditedHFLM
-    from bizsre_tasks.teacher_forcing import teacher_forced_answers
+    from bizsre_tasks.tasks import data_loading, prompts
+    from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 
     test_set = data_loading.load_test_set(args.test_file or default_test_file())
     lm = EditedHFLM(pretrained=args.pretrained, method=args.method, edit_lang=args.edit_lang, device="cpu")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, WeightBackup, WeightEdit
+from bizsre_tasks.editing.base import (
+    AppliedEdit,
+    EditFailedError,
+    EditingMethod,
+    WeightBackup,
+    WeightEdit,
+)
 
 
 class CountingWeightEdit(EditingMethod):

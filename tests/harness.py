@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import bizsre_tasks.editing_wrapper  # noqa: F401  - registers edited-hf
-from bizsre_tasks.task_generation import BUNDLED_DIR
+from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 
 
 def run_harness(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from lm_eval.models.huggingface import HFLM
 
-from bizsre_tasks import task_docs
-from bizsre_tasks.answer_lines import filter_answers, first_nonempty_line
+from bizsre_tasks.tasks import task_docs
+from bizsre_tasks.tasks.answer_lines import filter_answers, first_nonempty_line
 from tests.harness import metric, run_harness
 
 
@@ -64,7 +64,7 @@ def test_generation_ends_once_the_first_line_is_complete(tiny_gpt2):
     import torch
     from transformers import AutoTokenizer
 
-    from bizsre_tasks.answer_lines import EndAfterFirstLine
+    from bizsre_tasks.tasks.answer_lines import EndAfterFirstLine
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_gpt2)
     prompt = tokenizer("Question: Where?\nAnswer:")["input_ids"]

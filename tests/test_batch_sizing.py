@@ -8,8 +8,8 @@ import types
 import pytest
 import torch
 
-from bizsre_tasks import batch_sizing
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.wrapper import batch_sizing
 
 # Gemma 3 270M's shape: a 32k context and a 262k vocabulary.
 GEMMA = types.SimpleNamespace(

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from bizsre_tasks import data_loading
-from bizsre_tasks.data_loading import DataFormatError
+from bizsre_tasks.tasks import data_loading
+from bizsre_tasks.tasks.data_loading import DataFormatError
 
 
 def _part(**overrides):

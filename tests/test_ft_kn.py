@@ -8,7 +8,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bizsre_tasks.editing import ft as ft_module
 from bizsre_tasks.editing.base import EditFailedError, EditingContext, EditRequest
-from bizsre_tasks.editing.common import build_batch, encode_prompt, logits_at, target_nll
+from bizsre_tasks.editing.common import (
+    build_batch,
+    encode_prompt,
+    logits_at,
+    target_nll,
+)
 from bizsre_tasks.editing.ft import UpperStack
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.registry import build_method
@@ -229,7 +234,7 @@ def test_end_to_end_through_lm_eval(method, shared_test_file):
     from lm_eval.tasks import TaskManager
 
     import bizsre_tasks.editing_wrapper  # noqa: F401  (registers edited-hf)
-    from bizsre_tasks.task_generation import BUNDLED_DIR
+    from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 
     model_args = {"method": method, "edit_lang": "en", "protocol": "teacher_forced", "test_file": str(shared_test_file),
                   "verify_restore": True}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bizsre_tasks.editing import head_softmax
 from bizsre_tasks.editing.common import naive
+from bizsre_tasks.editing.tensors import head_softmax
 
 
 class _TinyHeadModel(torch.nn.Module):

@@ -10,12 +10,12 @@ import shutil
 import pytest
 import torch
 
-from bizsre_tasks import data_loading, run_state
-from bizsre_tasks.data_loading import SAMPLE_TEST_FILE, DataFormatError
 from bizsre_tasks.editing import registry
 from bizsre_tasks.editing.base import EditFailedError
 from bizsre_tasks.editing.common import context_limit, encode_prompt, encode_target
-from bizsre_tasks.teacher_forcing import teacher_forced_answers
+from bizsre_tasks.tasks import data_loading, run_state
+from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE, DataFormatError
+from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 from tests import fake_methods
 from tests.harness import metric, run_harness
 from tests.tiny_models import build_tiny_model
@@ -300,7 +300,7 @@ def test_plain_lm_eval_reports_a_bad_file_in_one_line(tmp_path):
     """The start-up hook (`bizsre prepare`) also turns our errors into one line under a plain lm_eval."""
     bad = _write(tmp_path, [{"en": {}}])
     code = (
-        "import sys; from bizsre_tasks import lm_eval_hook, task_generation; lm_eval_hook.install(); "
+        "import sys; from bizsre_tasks.wrapper import lm_eval_hook; from bizsre_tasks.tasks import task_generation; lm_eval_hook.install(); "
         "from lm_eval.__main__ import cli_evaluate; "
         f"sys.argv = ['lm_eval', '--model', 'edited-hf', '--model_args', 'test_file={bad}', '--tasks', 'bizsre', "
         "'--include_path', str(task_generation.BUNDLED_DIR)]; cli_evaluate()"

@@ -9,13 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bizsre_tasks import prompts
-from bizsre_tasks.data_loading import SAMPLE_TEST_FILE
 from bizsre_tasks.editing.base import EditingContext, EditRequest
-from bizsre_tasks.editing.demonstrations import DemonstrationPool, kind_counts, kind_sequence
+from bizsre_tasks.editing.demonstrations import (
+    DemonstrationPool,
+    kind_counts,
+    kind_sequence,
+)
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.registry import build_method
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import prompts
+from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE
 
 SHARED_EN_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "bizsre" / "zsre_train_en_10000.json"
 
@@ -165,7 +169,7 @@ def test_pool_features_are_cached_on_disk_and_reused(tiny, tmp_path, cache_dir, 
 
     second = make_method(tiny, train, k=4)
     calls = []
-    import bizsre_tasks.editing.encoders as encoders
+    import bizsre_tasks.editing.tensors.encoders as encoders
 
     original = encoders.BaseModelEncoder.encode
     monkeypatch.setattr(encoders.BaseModelEncoder, "encode", lambda self, texts, *a, **kw: calls.append(len(texts)) or original(self, texts, *a, **kw))
@@ -216,7 +220,7 @@ def test_bad_hparams_are_configuration_errors(tiny, hparams):
 
 
 def test_pool_select_orders_most_similar_last():
-    from bizsre_tasks.data_loading import TrainRecord
+    from bizsre_tasks.tasks.data_loading import TrainRecord
 
     records = [TrainRecord(src=f"q{i}?", alt=f"a{i}") for i in range(4)]
     pool = DemonstrationPool(records, "en", "mem", "fp")
@@ -245,8 +249,8 @@ def test_ike_end_to_end_on_the_default_model(shared_test_file, tmp_path, edit_la
 
 
 def test_shared_prefix_answers_match_full_teacher_forcing(tiny, tmp_path):
-    from bizsre_tasks.editing.prefix_cache import shared_prefix_answers
-    from bizsre_tasks.teacher_forcing import teacher_forced_answers
+    from bizsre_tasks.wrapper.prefix_cache import shared_prefix_answers
+    from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 
     model, tokenizer = tiny
     method = make_method(tiny, flat_train_file(tmp_path), k=3)

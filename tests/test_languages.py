@@ -4,8 +4,10 @@ import logging
 
 import pytest
 
-from bizsre_tasks import languages, metrics, prompts
-from bizsre_tasks.editing import demonstrations, generated_corpus, kn, rome, scope_classifier, second_moments
+from bizsre_tasks import languages
+from bizsre_tasks.editing import demonstrations, kn, rome, scope_classifier
+from bizsre_tasks.editing.kv import generated_corpus, second_moments
+from bizsre_tasks.tasks import metrics, prompts
 
 FAKE = languages.Language(
     "xx", "Testish",

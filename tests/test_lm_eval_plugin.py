@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib.metadata
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from bizsre_tasks import lm_eval_hook, task_generation
+from bizsre_tasks.tasks import task_generation
+from bizsre_tasks.wrapper import lm_eval_hook
 
 ROOT = Path(__file__).resolve().parents[1]
 SEVEN_TASKS = [

@@ -160,7 +160,7 @@ def test_exploding_update_fails_cleanly(gemma_checkpoint, tiny_gemma):
 
 
 def test_chinese_pairs_with_aligned_english(tiny_gemma, train_files, tmp_path):
-    from bizsre_tasks.data_loading import load_train_records
+    from bizsre_tasks.tasks.data_loading import load_train_records
 
     records = load_train_records(train_files["zh"])
     aligned = load_train_records(train_files["en_aligned"])
@@ -203,7 +203,7 @@ def test_harness_run_restores_the_model(gemma_checkpoint, tiny_gemma):
     from lm_eval.tasks import TaskManager
 
     import bizsre_tasks.editing_wrapper  # noqa: F401  (registers edited-hf)
-    from bizsre_tasks.task_generation import BUNDLED_DIR
+    from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 
     model_args = {"pretrained": str(tiny_gemma), "method": "mend", "checkpoint": str(gemma_checkpoint), "edit_lang": "en",
                   "protocol": "teacher_forced", "verify_restore": True}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bizsre_tasks import metrics
+from bizsre_tasks.tasks import metrics
 
 
 @pytest.mark.parametrize(

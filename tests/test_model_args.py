@@ -55,7 +55,7 @@ def test_plain_lm_eval_reports_a_misspelt_argument_in_one_line(tiny_gpt2, tmp_pa
     import sys
 
     code = (
-        "import sys; from bizsre_tasks import lm_eval_hook; lm_eval_hook.install(); "
+        "import sys; from bizsre_tasks.wrapper import lm_eval_hook; lm_eval_hook.install(); "
         "from lm_eval.__main__ import cli_evaluate; "
         f"sys.argv = ['lm_eval', '--model', 'edited-hf', '--model_args', 'pretrained={tiny_gpt2},method=rome,edit_lnag=zh', "
         "'--tasks', 'bizsre']; cli_evaluate()"

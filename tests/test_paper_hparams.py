@@ -7,13 +7,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bizsre_tasks.editing import value_delta
 from bizsre_tasks.editing.base import EditingContext, EditRequest
 from bizsre_tasks.editing.common import build_batch, encode_prompt, logits_at
 from bizsre_tasks.editing.demonstrations import DemonstrationPool
-from bizsre_tasks.editing.head_softmax import HeadObjective
+from bizsre_tasks.editing.kv import value_delta
 from bizsre_tasks.editing.layout import ModelLayout
-from bizsre_tasks.editing.rome import prefix_seeds
 from bizsre_tasks.editing.registry import (
     METHODS,
     build_method,
@@ -23,8 +21,12 @@ from bizsre_tasks.editing.registry import (
     resolve_hparams,
     scale_layers,
 )
+from bizsre_tasks.editing.rome import prefix_seeds
+from bizsre_tasks.editing.tensors.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
-from tests.test_ike import flat_train_file, make_method as make_ike, request as ike_request
+from tests.test_ike import flat_train_file
+from tests.test_ike import make_method as make_ike
+from tests.test_ike import request as ike_request
 
 TINY_REQUEST = EditRequest(prompt="Who made Volvo B12M", target="of", subject="Volvo B12M", lang="en")
 # Quick ROME settings for a 4-layer random model (the switches under test are added per test).
@@ -313,7 +315,7 @@ def test_ft_bad_loss_position(tiny_gemma):
 
 # --- IKE switches -----------------------------------------------------------------------------
 def test_pool_select_most_similar_first():
-    from bizsre_tasks.data_loading import TrainRecord
+    from bizsre_tasks.tasks.data_loading import TrainRecord
 
     records = [TrainRecord(src=f"q{i}?", alt=f"a{i}") for i in range(4)]
     pool = DemonstrationPool(records, "en", "mem", "fp")
@@ -338,7 +340,7 @@ def test_ike_seed_prompt_orders_and_includes_the_edit(tiny_gemma, tmp_path):
 
 # --- key statistics without a corpus file: texts the model generates ------------------------------
 def test_without_a_corpus_the_model_writes_one_in_the_edit_language_once(tiny_gemma, tmp_path, caplog, monkeypatch):
-    from bizsre_tasks.editing import generated_corpus
+    from bizsre_tasks.editing.kv import generated_corpus
 
     small = {**QUICK, "stats_fallback": "generated", "stats_generated_texts": 30, "stats_generated_length": 6}
     calls = []

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from bizsre_tasks import metrics, paper_protocol, run_state, task_docs
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import metrics, paper_protocol, run_state, task_docs
+from bizsre_tasks.wrapper import paper_answers
 from tests.harness import metric, run_harness
 
 EDIT, PORTABILITY = paper_protocol.variant("edit"), paper_protocol.variant("portability")
@@ -75,7 +76,7 @@ def test_portability_encodes_a_leading_space_joins_without_one_and_lower_cases_t
 
 def test_prompts_and_targets_are_cut_to_the_first_30_tokens():
     question = "x" * 40
-    ids = paper_protocol._prompt_ids(TOK, question + " <bos>M", "", None)
+    ids = paper_answers._prompt_ids(TOK, question + " <bos>M", "", None)
     assert ids == [TOK.bos_token_id] + [10 + ord("x")] * 29  # the end of the question and the prefix are lost
     assert len(paper_protocol.target_ids(TOK, "y" * 40, EDIT)) == 30
 
@@ -170,7 +171,7 @@ def test_answers_are_the_argmax_after_each_prompt_one_at_a_time(fixture, request
     questions, answers, names = zip(*QUESTIONS)
     assert len(set(expected)) > 1
     for batch_size in (1, 3, 32):
-        assert paper_protocol.paper_answers(model, tokenizer, list(questions), list(answers), list(names), batch_size=batch_size) == expected
+        assert paper_answers.paper_answers(model, tokenizer, list(questions), list(answers), list(names), batch_size=batch_size) == expected
 
 
 def test_plain_hf_is_refused_under_paper(tiny_gpt2, monkeypatch):
@@ -193,14 +194,14 @@ def test_edited_hf_runs_every_task_under_paper(tiny_gemma, method, monkeypatch):
         model, tokenizer = _load(tiny_gemma)
         sample = results["samples"]["bizsre_portability_en"][0]
         doc = sample["doc"]
-        direct = paper_protocol.paper_answers(model, tokenizer, [doc["question"]], [doc["target"]], [doc["paper_variant"]])
+        direct = paper_answers.paper_answers(model, tokenizer, [doc["question"]], [doc["target"]], [doc["paper_variant"]])
         assert sample["filtered_resps"][0] == direct[0]
 
 
 def test_prompts_that_extend_one_another_run_once():
     rows = [[2, 5], [2, 5, 6], [2, 7], [2, 5, 6], [2, 5, 6, 8]]
     owners = [0, 0, 0, 1, 0]
-    runs, where = paper_protocol.shared_rows(rows, owners)
+    runs, where = paper_answers.shared_rows(rows, owners)
     assert runs == [[2, 5, 6, 8], [2, 5, 6], [2, 7]]  # another question's identical prompt is not shared
     assert where == [(0, 1), (0, 2), (2, 1), (1, 2), (0, 3)]
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bizsre_tasks import prompts
-from bizsre_tasks.editing import prefix_cache
 from bizsre_tasks.editing.ike import InContextEdit
-from bizsre_tasks.editing.prefix_cache import shared_prefix_answers, shared_prefix_groups
-from bizsre_tasks.teacher_forcing import teacher_forced_answers
+from bizsre_tasks.tasks import prompts
+from bizsre_tasks.wrapper import prefix_cache
+from bizsre_tasks.wrapper.prefix_cache import (
+    shared_prefix_answers,
+    shared_prefix_groups,
+)
+from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 from tests.harness import run_harness
 
 # Longer than the tiny Gemma's sliding window (64 tokens), so the cached prefix crosses it.

@@ -9,9 +9,9 @@ import logging
 import pytest
 import torch
 
-from bizsre_tasks.editing import second_moments
 from bizsre_tasks.editing.base import EditFailedError, EditingContext, EditRequest
 from bizsre_tasks.editing.common import build_batch, target_nll
+from bizsre_tasks.editing.kv import second_moments
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.registry import build_method
 from bizsre_tasks.editing_wrapper import model_checksum

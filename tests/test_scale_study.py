@@ -14,7 +14,14 @@ import yaml
 
 from bizsre_tasks import cli
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.scale_study import ScaleOptions, checkpoint_dir, parse_sizes, plan_points, point_file, run_study
+from bizsre_tasks.experiments.scale_study import (
+    ScaleOptions,
+    checkpoint_dir,
+    parse_sizes,
+    plan_points,
+    point_file,
+    run_study,
+)
 from tests.tiny_models import SAMPLE
 
 FIELDS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bizsre_tasks import prompts
 from bizsre_tasks.commands import train as train_command
-from bizsre_tasks.data_loading import SAMPLE_TEST_FILE
 from bizsre_tasks.editing.base import EditingContext, EditRequest
+from bizsre_tasks.editing.checkpoints import MANIFEST, STATE_DIR, WEIGHTS, read_manifest
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.registry import build_method
 from bizsre_tasks.editing.scope_classifier import question_from_prompt
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.training.checkpoints import MANIFEST, STATE_DIR, WEIGHTS, read_manifest
+from bizsre_tasks.tasks import prompts
+from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE
 
 
 @pytest.fixture(autouse=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bizsre_tasks import cli, sweep_runner
+from bizsre_tasks import cli
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.sweep import SweepOptions, command, plan_runs, run_sweep
-from bizsre_tasks.task_generation import BUNDLED_DIR
+from bizsre_tasks.experiments import sweep_runner
+from bizsre_tasks.experiments.sweep import SweepOptions, command, plan_runs, run_sweep
+from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 from tests.test_report import TASKS, flat_cases, write_run
 
 

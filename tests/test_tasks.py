@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bizsre_tasks import task_docs, task_generation
+from bizsre_tasks.tasks import task_docs, task_generation
 from tests.harness import metric, run_harness
 
 ALL_TASKS = [
@@ -24,7 +24,8 @@ def test_bundled_yaml_is_generated_from_the_template(tmp_path):
     for generated in tmp_path.iterdir():
         bundled = task_generation.BUNDLED_DIR / generated.name
         assert bundled.read_text() == generated.read_text(), f"{bundled} is stale: regenerate with write_bundled_tasks()"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in task_generation.BUNDLED_DIR.glob("*.yaml"))
+    bundled = [*task_generation.BUNDLED_DIR.glob("*.yaml"), task_generation.BUNDLED_DIR / task_generation.COMMON_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in bundled)
 
 
 def test_task_manager_lists_tasks_and_group():
@@ -63,7 +64,7 @@ def test_prompt_template_override():
 
 
 def test_unknown_edit_language_is_reported():
-    from bizsre_tasks.data_loading import DataFormatError
+    from bizsre_tasks.tasks.data_loading import DataFormatError
 
     with pytest.raises(DataFormatError, match="edit_lang 'de' is not among the file's languages"):
         task_docs.build_docs({"bizsre_split": "reliability", "edit_lang": "de"})
@@ -126,3 +127,20 @@ def test_default_model_baseline_on_shared_cases(shared_test_file, monkeypatch):
     assert metric(results, "bizsre_locality_en") == 1.0
     samples = results["samples"]["bizsre_reliability"]
     assert len(samples) == 3 and all(isinstance(s["resps"][0][0], str) for s in samples)
+
+
+def test_bundled_task_yamls_include_one_common_file_and_resolve_to_the_full_config():
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    def plain(value):  # the loader leaves `!function` tags as paths in the YAML's folder
+        return str(value).replace(f"{task_generation.BUNDLED_DIR.resolve()}/", "")
+
+    common = task_generation.BUNDLED_DIR / task_generation.COMMON_FILE
+    assert common.exists()
+    for path in sorted(task_generation.BUNDLED_DIR.glob("bizsre_*.yaml")):
+        lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+        assert lines[0] == f"include: {task_generation.COMMON_FILE}", path.name
+        parts = path.stem.split("_")
+        full = task_generation.task_config(parts[1], parts[2] if len(parts) > 2 else None)
+        merged = load_yaml(path, resolve_func=False)
+        assert {k: plain(v) for k, v in merged.items()} == {k: plain(v) for k, v in full.items()}, path.name

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bizsre_tasks import prompts, teacher_forcing
 from bizsre_tasks.editing.common import EncodedRow, length_sorted_batches
+from bizsre_tasks.tasks import prompts
+from bizsre_tasks.wrapper import teacher_forcing
 
 # Questions and targets of very different lengths (in tokens), in no particular order.
 QUESTIONS = [

@@ -167,7 +167,7 @@ def test_layout_table_covers_families(family_fixture, request):
 def test_teacher_forced_answers_match_manual_argmax(tiny_llama):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bizsre_tasks.teacher_forcing import teacher_forced_answers
+    from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bizsre_tasks.task_generation import BUNDLED_DIR
+from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 
 
 def build_requests(tasks: list[str], limit: int, metadata: dict[str, Any]) -> dict[str, list]:

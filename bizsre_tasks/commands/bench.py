@@ -34,7 +34,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 def default_test_file() -> str:
     shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "bizsre" / "bizsre_test_en_zh.json"
-    from bizsre_tasks.data_loading import SAMPLE_TEST_FILE
+    from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE
 
     return str(shared if shared.exists() else SAMPLE_TEST_FILE)
 
@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from bizsre_tasks.benchmark import report, runner
-    from bizsre_tasks.commands.sweep import key_value_pairs, method_key
     from bizsre_tasks.benchmark.requests import build_requests
+    from bizsre_tasks.commands.sweep import key_value_pairs, method_key
     from bizsre_tasks.editing.registry import read_hparams_file
     from bizsre_tasks.editing_wrapper import EditedHFLM
 
@@ -100,14 +100,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _first_case_keys(requests_by_task: dict[str, list], count: int) -> set[str]:
     """Keys of the `count` lowest-numbered cases among the requests."""
-    from bizsre_tasks.case_planning import case_number
+    from bizsre_tasks.wrapper.case_planning import case_number
 
     keys = dict.fromkeys(r.doc["case_key"] for requests in requests_by_task.values() for r in requests)
     return set(sorted(keys, key=case_number)[:count])
 
 
 def _count_cases(test_file: str) -> int:
-    from bizsre_tasks.data_loading import load_test_set
+    from bizsre_tasks.tasks.data_loading import load_test_set
 
     return len(load_test_set(test_file).cases)
 

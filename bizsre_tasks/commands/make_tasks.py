@@ -11,7 +11,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bizsre_tasks.task_generation import make_tasks_for_file
+    from bizsre_tasks.tasks.task_generation import make_tasks_for_file
 
     written = make_tasks_for_file(args.file, args.out)
     groups = sorted(p.stem.lstrip("_") for p in written if p.name.startswith("_"))

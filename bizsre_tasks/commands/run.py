@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_lm_eval(argv: list[str]) -> int:
-    from bizsre_tasks import lm_eval_hook
+    from bizsre_tasks.wrapper import lm_eval_hook
 
     lm_eval_hook.install()
     from lm_eval.__main__ import cli_evaluate

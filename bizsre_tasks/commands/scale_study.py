@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bizsre_tasks.commands.sweep import comma_list, key_value_pairs, train_files_from
-from bizsre_tasks.task_docs import PROTOCOLS
+from bizsre_tasks.tasks.task_docs import PROTOCOLS
 
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace):
-    from bizsre_tasks.scale_study import ScaleOptions, parse_sizes
+    from bizsre_tasks.experiments.scale_study import ScaleOptions, parse_sizes
 
     train_args = {method: shlex.split(text) for method, text in key_value_pairs(args.train_args, "--train-args", "METHOD=OPTIONS").items()}
     return ScaleOptions(
@@ -63,7 +63,7 @@ def options_from(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from bizsre_tasks.scale_study import run_study
+    from bizsre_tasks.experiments.scale_study import run_study
 
     options = options_from(args)
     outcome = run_study(options, show_progress=not args.no_progress)

@@ -20,7 +20,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args._name == "tasks-path":
-        from bizsre_tasks.task_generation import BUNDLED_DIR
+        from bizsre_tasks.tasks.task_generation import BUNDLED_DIR
 
         print(BUNDLED_DIR)
         return 0
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(ensure_default_model(args.cache_dir))
         return 0
     if args._name == "prepare":
-        from bizsre_tasks import lm_eval_hook
         from bizsre_tasks.default_model import ensure_default_model
+        from bizsre_tasks.wrapper import lm_eval_hook
 
         folder = ensure_default_model(args.cache_dir, force=args.force)
         print(f"default model ready: {folder}")
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"lm_eval start-up hook (edited-hf model, bizsre tasks): {lm_eval_hook.write_pth()}")
         return 0
     if args._name == "validate":
-        from bizsre_tasks import data_loading
+        from bizsre_tasks.tasks import data_loading
 
         if args.train:
             records = data_loading.load_train_records(args.file)

@@ -38,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from bizsre_tasks.default_model import resolve_pretrained
-    from bizsre_tasks.editing import second_moments
     from bizsre_tasks.editing.base import EditingContext
+    from bizsre_tasks.editing.kv import second_moments
     from bizsre_tasks.editing.layout import ModelLayout
     from bizsre_tasks.editing.registry import method_class, resolve_hparams
     from bizsre_tasks.errors import ConfigurationError

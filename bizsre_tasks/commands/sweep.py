@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bizsre_tasks.task_docs import PROTOCOLS
+from bizsre_tasks.tasks.task_docs import PROTOCOLS
 
 
 def comma_list(text: str) -> list[str]:
@@ -57,7 +57,7 @@ def method_key(name: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bizsre_tasks.sweep import SweepOptions, parse_key_values, run_sweep
+    from bizsre_tasks.experiments.sweep import SweepOptions, parse_key_values, run_sweep
 
     hparams = key_value_pairs(args.hparams, "--hparams", "METHOD=YAML")
     checkpoints = key_value_pairs(args.checkpoint, "--checkpoint", "METHOD_LANG=DIR")

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import data_loading, languages, prompts
-from bizsre_tasks.data_loading import TrainRecord
+from bizsre_tasks import languages
+from bizsre_tasks.tasks import data_loading, prompts
+from bizsre_tasks.tasks.data_loading import TrainRecord
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
+from bizsre_tasks.editing.base import (
+    AppliedEdit,
+    EditFailedError,
+    EditingMethod,
+    EditRequest,
+    WeightBackup,
+    WeightEdit,
+)
 from bizsre_tasks.editing.common import (
     PromptTargetBatch,
     build_batch,
@@ -35,7 +42,7 @@ from bizsre_tasks.editing.common import (
     naive_mode,
     requires_grad_only,
 )
-from bizsre_tasks.editing.head_softmax import HeadObjective
+from bizsre_tasks.editing.tensors.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)

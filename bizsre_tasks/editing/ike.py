@@ -20,11 +20,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from bizsre_tasks import data_loading, default_model, prompts
+from bizsre_tasks import default_model
 from bizsre_tasks.editing.base import AppliedEdit, EditingMethod, EditRequest
-from bizsre_tasks.editing.demonstrations import Demonstration, DemonstrationPool, fact_line, format_demonstration
-from bizsre_tasks.editing.encoders import ENCODERS, build_encoder
+from bizsre_tasks.editing.demonstrations import (
+    Demonstration,
+    DemonstrationPool,
+    fact_line,
+    format_demonstration,
+)
+from bizsre_tasks.editing.tensors.encoders import ENCODERS, build_encoder
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import data_loading, prompts
 
 logger = logging.getLogger(__name__)
 

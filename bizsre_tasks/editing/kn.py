@@ -38,11 +38,24 @@ from typing import Any, ClassVar
 
 import torch
 
-from bizsre_tasks import languages, prompts
-from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
-from bizsre_tasks.editing.common import encode_prompt, encode_target, head_logits, naive_mode
+from bizsre_tasks import languages
+from bizsre_tasks.editing.base import (
+    AppliedEdit,
+    EditFailedError,
+    EditingMethod,
+    EditRequest,
+    WeightBackup,
+    WeightEdit,
+)
+from bizsre_tasks.editing.common import (
+    encode_prompt,
+    encode_target,
+    head_logits,
+    naive_mode,
+)
 from bizsre_tasks.editing.ft import check_layer_list, check_positive
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import prompts
 
 logger = logging.getLogger(__name__)
 

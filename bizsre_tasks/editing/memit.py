@@ -24,9 +24,10 @@ import torch
 
 from bizsre_tasks.editing.base import EditFailedError, EditRequest
 from bizsre_tasks.editing.common import naive_mode
+from bizsre_tasks.editing.kv.second_moments import regularised
+from bizsre_tasks.editing.kv.value_delta import DeltaAtSubject, EditBatch, first_output
 from bizsre_tasks.editing.rome import SHARED_HPARAMS, KeyValueEditor, auto_layer
-from bizsre_tasks.editing.value_delta import DeltaAtSubject, EditBatch, first_output
-from bizsre_tasks.editing.second_moments import regularised
+from bizsre_tasks.editing.tensors.body import forward_until
 from bizsre_tasks.errors import ConfigurationError
 
 # The automatic window: this many consecutive layers ending at ROME's automatic layer (on the 270M
@@ -34,29 +35,13 @@ from bizsre_tasks.errors import ConfigurationError
 AUTO_WINDOW = 3
 
 
-class _Stop(Exception):
-    pass
-
-
 def run_until(model, layers: torch.nn.ModuleList, batch: EditBatch, last: int) -> torch.Tensor:
     """Forward up to and including layer `last` (nothing above it, no LM head); returns that layer's
     output hidden state at the subject column of every row."""
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(module, args, output):
-        captured["h"] = first_output(output)[:, batch.split].detach()
-        if not naive_mode():  # the benchmark's textbook path runs the whole model
-            raise _Stop
-
-    handle = layers[last].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            batch.forward(model)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return captured["h"]
+    with torch.no_grad():
+        return forward_until(lambda: batch.forward(model), layers[last],
+                             capture=lambda output: first_output(output)[:, batch.split].detach(),
+                             stop=not naive_mode())  # the benchmark's textbook path runs the whole model
 
 
 def pre_norm_target(norm: torch.nn.Module | None, values: torch.Tensor, change: torch.Tensor, iterations: int = 100,

@@ -10,7 +10,8 @@ starts as the identity, so an untrained MEND is one normalised gradient step.
 At edit time: one forward and backward of the edit's target NLL (gradients only for the edited
 weights, logits only at target positions), the hypernetwork maps the captured (u, δ) to the update,
 which is added in place and undone bit for bit by `WeightEdit`. The hypernetwork is trained by
-`bizsre_tasks.training.mend_training` and loaded from a checkpoint folder (`checkpoint=DIR`).
+`bizsre_tasks.training.mend_training` and loaded here from its checkpoint folder (`checkpoint=DIR`,
+`load_checkpoint`), without importing the trainer.
 
 Gemma's MLP output passes through `post_feedforward_layernorm`; δ is taken at the output of the
 down projection itself (before that norm), which is exactly the gradient of its weight.
@@ -19,17 +20,27 @@ down projection itself (before that norm), which is exactly the gradient of its 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingMethod, EditRequest, WeightBackup, WeightEdit
+from bizsre_tasks.editing import checkpoints
+from bizsre_tasks.editing.base import (
+    AppliedEdit,
+    EditFailedError,
+    EditingMethod,
+    EditRequest,
+    WeightBackup,
+    WeightEdit,
+)
 from bizsre_tasks.editing.common import build_batch, logits_at, requires_grad_only
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.errors import ConfigurationError
 
+METHOD = "mend"
 EDITED_PART = "mlp_out"
 
 
@@ -196,6 +207,37 @@ def select_tokens(u: torch.Tensor, delta: torch.Tensor, attention_mask: torch.Te
 # --- the editing method ----------------------------------------------------------------------------
 
 
+# --- the checkpoint (written by bizsre_tasks.training.mend_training) -----------------------------------
+
+
+def load_checkpoint(folder: str | os.PathLike, model, layout, edit_lang: str):
+    """The trained `MendEditor` for `model`, after checking method, language, base model and shapes.
+
+    The folder format and the method/language/base-model checks are the shared ones
+    (`bizsre_tasks.editing.checkpoints`); MEND adds its own check that the edited layers exist and
+    have the shapes the hypernetwork was trained for.
+    """
+    info, tensors = checkpoints.load_checkpoint(folder, METHOD, model=model, edit_lang=edit_lang)
+    try:
+        config = MendConfig.from_json(info.config["mend"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigurationError(f"MEND checkpoint {folder}: its config lacks the hypernetwork description ({exc})") from None
+    for layer in config.layers:
+        if not (0 <= layer < layout.num_layers):
+            raise ConfigurationError(
+                f"MEND checkpoint {folder} edits layer {layer}, but this model has layers 0..{layout.num_layers - 1}: "
+                f"it was trained for base model {info.base_model_name}"
+            )
+    if weight_shapes(layout, config.layers) != config.shapes:
+        raise ConfigurationError(f"MEND checkpoint {folder}: the edited weights of this model have other shapes than in training")
+    editor = MendEditor(config)
+    try:
+        editor.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise ConfigurationError(f"MEND checkpoint {folder}: {checkpoints.WEIGHTS} does not fit its config ({exc})") from None
+    return editor, info
+
+
 class Mend(EditingMethod):
     name = "mend"
     modifies_weights = True
@@ -235,8 +277,6 @@ class Mend(EditingMethod):
     def _load(self) -> None:
         if self.editor is not None:
             return
-        from bizsre_tasks.training.mend_training import load_checkpoint
-
         editor, info = load_checkpoint(self.checkpoint_dir(), self.model, self.layout, self.context.edit_lang)
         self.editor = editor.to(self.context.device).eval()
         self.editor.requires_grad_(False)

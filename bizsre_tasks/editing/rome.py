@@ -28,10 +28,17 @@ from typing import Any
 
 import torch
 
-from bizsre_tasks.editing import second_moments
-from bizsre_tasks.editing.base import EditFailedError, EditRequest, EditingMethod, WeightBackup, WeightEdit
+from bizsre_tasks import languages
+from bizsre_tasks.editing.base import (
+    EditFailedError,
+    EditingMethod,
+    EditRequest,
+    WeightBackup,
+    WeightEdit,
+)
 from bizsre_tasks.editing.common import encode_prompt, head_logits, naive_mode
-from bizsre_tasks.editing.value_delta import (
+from bizsre_tasks.editing.kv import second_moments
+from bizsre_tasks.editing.kv.value_delta import (
     CaseRows,
     DeltaResult,
     EditBatch,
@@ -40,7 +47,6 @@ from bizsre_tasks.editing.value_delta import (
     optimise_delta,
     optimise_deltas,
 )
-from bizsre_tasks import languages
 from bizsre_tasks.errors import ConfigurationError
 
 logger = logging.getLogger(__name__)

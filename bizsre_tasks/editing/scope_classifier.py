@@ -15,7 +15,8 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from bizsre_tasks import languages, prompts
+from bizsre_tasks import languages
+from bizsre_tasks.tasks import prompts
 
 
 class ScopeHead(nn.Module):

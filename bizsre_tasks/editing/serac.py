@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import logging
 
-from bizsre_tasks import default_model, prompts
+from bizsre_tasks import default_model
 from bizsre_tasks.editing.base import AppliedEdit, EditingMethod, EditRequest
 from bizsre_tasks.editing.demonstrations import fact_line, format_demonstration
-from bizsre_tasks.editing.encoders import build_encoder, model_fingerprint
-from bizsre_tasks.editing.scope_classifier import ScopeClassifier, ScopeHead, question_from_prompt
+from bizsre_tasks.editing.scope_classifier import (
+    ScopeClassifier,
+    ScopeHead,
+    question_from_prompt,
+)
+from bizsre_tasks.editing.tensors.encoders import build_encoder, model_fingerprint
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import prompts
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +80,7 @@ class Serac(EditingMethod):
         return self.context.checkpoint or self.hparams.get("checkpoint") or ""
 
     def _load_classifier(self) -> ScopeClassifier:
-        from bizsre_tasks.training.checkpoints import load_checkpoint
+        from bizsre_tasks.editing.checkpoints import load_checkpoint
 
         fingerprint = model_fingerprint(self.model)
         info, tensors = load_checkpoint(self.checkpoint_dir(), self.name, edit_lang=self.context.edit_lang, fingerprint=fingerprint)

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from bizsre_tasks.errors import BizsreError
 from bizsre_tasks.report.results_reader import RunResult
-from bizsre_tasks.report.tables import METHOD_ORDER, ordered, method_label, metric_columns, sort_runs
+from bizsre_tasks.report.tables import (
+    METHOD_ORDER,
+    method_label,
+    metric_columns,
+    ordered,
+    sort_runs,
+)
 
 SHORT = {"reliability": "Rel.", "generality": "Gen.", "locality": "Loc.", "portability": "Port."}
 

@@ -10,7 +10,15 @@ from pathlib import Path
 
 from bizsre_tasks.report.radar import MatplotlibMissing, headless_pyplot
 from bizsre_tasks.report.results_reader import Score
-from bizsre_tasks.report.tables import LANGUAGE_ORDER, METHOD_ORDER, cell, method_label, metric_columns, metric_label, ordered
+from bizsre_tasks.report.tables import (
+    LANGUAGE_ORDER,
+    METHOD_ORDER,
+    cell,
+    method_label,
+    metric_columns,
+    metric_label,
+    ordered,
+)
 
 SPLITS = ("reliability", "generality", "locality", "portability")
 PLOT_NAME = "training_scale.png"

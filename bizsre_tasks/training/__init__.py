@@ -1,2 +1,24 @@
-"""Training of the editors that need it (SERAC's scope classifier, MEND's hypernetwork) and their
-shared checkpoint folder format (`checkpoints.py`). Run through `bizsre train serac|mend`."""
+"""Trainers of the editing methods that need training (SERAC, MEND), above the methods they train.
+
+A trainer builds on its method's math (`editing/serac.py`, `editing/mend.py`) and writes the checkpoint
+folder (`editing/checkpoints.py`) that the method loads without importing its trainer. Every trainer
+follows one option convention (`training/options.py`): `<method>_options.py` declares the options,
+`<method>_training.py` trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Trainer:
+    description: str
+    options: str  # module with DEFAULTS and configure(parser) (argparse only)
+    training: str  # module with train(args) -> checkpoint folder
+
+
+TRAINERS: dict[str, Trainer] = {
+    "serac": Trainer("SERAC's scope classifier", "bizsre_tasks.training.serac_options", "bizsre_tasks.training.serac_training"),
+    "mend": Trainer("MEND's hypernetwork", "bizsre_tasks.training.mend_options", "bizsre_tasks.training.mend_training"),
+}

@@ -38,29 +38,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from bizsre_tasks import data_loading, prompts
+from bizsre_tasks.editing.checkpoints import (
+    STATE_DIR,
+    CheckpointInfo,
+    data_fingerprint,
+    read_manifest,
+    save_checkpoint,
+)
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.training.checkpoints import STATE_DIR, CheckpointInfo, data_fingerprint, read_manifest, save_checkpoint
+from bizsre_tasks.tasks import data_loading, prompts
+from bizsre_tasks.training.serac_options import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
 METHOD = "serac"
-DEFAULTS: dict[str, Any] = {
-    "train_size": 1000,
-    "val_size": 200,
-    "seed": 0,
-    "steps": 600,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "weight_decay": 0.01,
-    "temperature": 0.05,
-    "proj_dim": 256,
-    "hidden": 0,
-    "encoder": "base",
-    "encoder_layer": -1,
-    "encode_batch_size": 32,
-    "save_every": 100,
-}
 FEATURE_CHUNK = 256
 RUN_FILE = "run.json"
 STATE_FILE = "state.pt"
@@ -285,9 +276,9 @@ def _resolve_device(name: str | None) -> str:
 
 def train(args: argparse.Namespace) -> Path:
     """Train the scope classifier and write the checkpoint folder `args.out`; returns the folder."""
-    from bizsre_tasks.editing.encoders import build_encoder, model_fingerprint
     from bizsre_tasks.editing.layout import ModelLayout
     from bizsre_tasks.editing.scope_classifier import ScopeHead
+    from bizsre_tasks.editing.tensors.encoders import build_encoder, model_fingerprint
 
     quiet = bool(getattr(args, "quiet", False))
     if not getattr(args, "out", None):

@@ -19,11 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bizsre_tasks.data_loading import TEST_FILE_ENV
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.report.results_reader import RUN_LOG_NAME, ResultsFileError, RunResult, find_results_files, read_results
-from bizsre_tasks.task_docs import PROTOCOLS
-from bizsre_tasks.task_generation import BUNDLED_DIR, BUNDLED_LANGUAGES, PER_LANGUAGE_SPLITS
+from bizsre_tasks.report.results_reader import (
+    RUN_LOG_NAME,
+    ResultsFileError,
+    RunResult,
+    find_results_files,
+    read_results,
+)
+from bizsre_tasks.tasks.data_loading import TEST_FILE_ENV
+from bizsre_tasks.tasks.task_docs import PROTOCOLS
+from bizsre_tasks.tasks.task_generation import (
+    BUNDLED_DIR,
+    BUNDLED_LANGUAGES,
+    PER_LANGUAGE_SPLITS,
+)
 
 GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
@@ -253,7 +263,7 @@ def pending_runs(options: SweepOptions, outcome: SweepOutcome) -> list[PlannedRu
 def run_sweep(options: SweepOptions, runner: Runner | None = None, show_progress: bool = True, echo=print) -> SweepOutcome:
     from tqdm.auto import tqdm
 
-    from bizsre_tasks.sweep_runner import run_logged
+    from bizsre_tasks.experiments.sweep_runner import run_logged
 
     validate(options)
     runner = runner or run_logged

@@ -18,7 +18,7 @@ from bizsre_tasks.editing.common import (
     naive_mode,
     pad_rows,
 )
-from bizsre_tasks.editing.head_softmax import head_argmax
+from bizsre_tasks.editing.tensors.head_softmax import head_argmax
 
 logger = logging.getLogger(__name__)
 

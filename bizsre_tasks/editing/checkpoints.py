@@ -21,7 +21,6 @@ complete checkpoint. Loading checks method, base-model fingerprint and edit lang
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -31,9 +30,8 @@ from typing import Any
 
 import torch
 
-from bizsre_tasks.default_model import file_sha256
-
-from bizsre_tasks.editing.encoders import model_fingerprint
+from bizsre_tasks import fingerprints
+from bizsre_tasks.editing.tensors.encoders import model_fingerprint
 from bizsre_tasks.errors import ConfigurationError
 
 MANIFEST = "bizsre_checkpoint.json"
@@ -80,8 +78,7 @@ class CheckpointInfo:
 
 def data_fingerprint(path: str | os.PathLike) -> str:
     """sha256 (16 hex digits) of a data file's bytes, as `data_loading.file_fingerprint`."""
-    digest = hashlib.sha256(Path(path).expanduser().read_bytes())
-    return digest.hexdigest()[:16]
+    return fingerprints.file_fingerprint(path)
 
 
 def save_checkpoint(folder: str | os.PathLike, info: CheckpointInfo, tensors: dict[str, torch.Tensor]) -> Path:
@@ -95,7 +92,7 @@ def save_checkpoint(folder: str | os.PathLike, info: CheckpointInfo, tensors: di
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, str(staging))
     staging.replace(folder / WEIGHTS)
     manifest = info.to_json()
-    manifest["weights"] = {"file": WEIGHTS, "sha256": file_sha256(folder / WEIGHTS), "bytes": (folder / WEIGHTS).stat().st_size}
+    manifest["weights"] = {"file": WEIGHTS, "sha256": fingerprints.file_fingerprint(folder / WEIGHTS, digits=None), "bytes": (folder / WEIGHTS).stat().st_size}
     manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     staging = folder / f".{MANIFEST}.tmp"
     staging.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -5,7 +5,7 @@ For every point (method, edit language, training size N):
   (a child process; the trainer itself reuses a finished checkpoint and resumes an unfinished one);
 - IKE: nothing to train, its demonstration pool is the first N records (hparam `pool_size`, written
   into OUTPUT/hparams/ike_<N>.yaml);
-- the point is evaluated by the sweep machinery (`bizsre_tasks.sweep`: one lm_eval child with
+- the point is evaluated by the sweep machinery (`bizsre_tasks.experiments.sweep`: one lm_eval child with
   --log_samples) into OUTPUT/runs/size_<N>/<method>_<lang>/, so its numbers are lm-eval's own files;
 - OUTPUT/points/<method>_<lang>_<N>.json gets the F1/EM per language, the training time and the
   checkpoint. A point with that file is finished and skipped next time.
@@ -23,15 +23,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from bizsre_tasks import data_loading
+from bizsre_tasks.editing.checkpoints import read_manifest
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.sweep import Runner, SweepOptions, finished_result, plan_runs, run_sweep
-from bizsre_tasks.task_docs import PROTOCOLS
-from bizsre_tasks.task_generation import BUNDLED_LANGUAGES
-from bizsre_tasks.training.checkpoints import read_manifest
+from bizsre_tasks.experiments.sweep import (
+    Runner,
+    SweepOptions,
+    finished_result,
+    plan_runs,
+    run_sweep,
+)
+from bizsre_tasks.tasks import data_loading
+from bizsre_tasks.tasks.task_docs import PROTOCOLS
+from bizsre_tasks.tasks.task_generation import BUNDLED_LANGUAGES
+from bizsre_tasks.training import TRAINERS
 
 SCALE_METHODS = ("serac", "mend", "ike")
-TRAINED_METHODS = ("serac", "mend")
+TRAINED_METHODS = tuple(TRAINERS)
 DEFAULT_SIZES = (100, 500, 1000, 3000, 5000)
 POINT_FORMAT = "bizsre-scale-point/1"
 # The trainer options the study sets itself, per point.
@@ -376,8 +383,8 @@ def run_point(point: Point, options: ScaleOptions, runner: Runner, progress: Cal
 def run_study(options: ScaleOptions, runner: Runner | None = None, show_progress: bool = True, echo=print) -> StudyOutcome:
     from tqdm.auto import tqdm
 
+    from bizsre_tasks.experiments.sweep_runner import run_logged
     from bizsre_tasks.report.training_scale import write_summary
-    from bizsre_tasks.sweep_runner import run_logged
 
     validate(options)
     check_settings(options)

@@ -22,8 +22,15 @@ import os
 from functools import lru_cache
 from typing import Any
 
-from bizsre_tasks import data_loading, metrics, paper_protocol, prompts, provenance, run_state
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import (
+    data_loading,
+    metrics,
+    paper_protocol,
+    prompts,
+    provenance,
+    run_state,
+)
 
 SPLITS = ("reliability", "generality", "locality", "portability")
 # Each split's question and target: the LanguagePart attribute and, for error messages, the record field.

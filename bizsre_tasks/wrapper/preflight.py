@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bizsre_tasks import data_loading
-from bizsre_tasks.case_planning import CaseWork
-from bizsre_tasks.data_loading import DataFormatError
 from bizsre_tasks.editing.base import EditRequest
 from bizsre_tasks.editing.common import encode_prompt, encode_target
 from bizsre_tasks.errors import ConfigurationError
-from bizsre_tasks.task_docs import doc_field
+from bizsre_tasks.tasks import data_loading
+from bizsre_tasks.tasks.data_loading import DataFormatError
+from bizsre_tasks.tasks.task_docs import doc_field
+from bizsre_tasks.wrapper.case_planning import CaseWork
 
 
 def check_test_file(test_file: str, edit_lang: str) -> None:

@@ -31,8 +31,13 @@ from typing import Any
 import torch
 
 from bizsre_tasks.editing.base import EditFailedError, EditingMethod, EditRequest
-from bizsre_tasks.editing.common import encode_prompt, encode_target, find_subject_last_token, naive_mode
-from bizsre_tasks.editing.head_softmax import HeadObjective
+from bizsre_tasks.editing.common import (
+    encode_prompt,
+    encode_target,
+    find_subject_last_token,
+    naive_mode,
+)
+from bizsre_tasks.editing.tensors.head_softmax import HeadObjective
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,10 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import data_loading, languages, prompts
+from bizsre_tasks import languages
+from bizsre_tasks.editing.tensors.body import forward_until
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.tasks import data_loading, prompts
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +131,7 @@ def load_corpus(paths: list[str | os.PathLike] | None, max_samples: int = 0) -> 
 def generated_corpus(model, tokenizer, layout, lang: str, model_name: str, *, count: int, length: int, seed: int = 0,
                      cache_dir=None, progress: bool = True) -> Corpus:
     """Texts the model generates itself in `lang` (see `generated_corpus`), generated once and cached."""
-    from bizsre_tasks.editing import generated_corpus as generation
+    from bizsre_tasks.editing.kv import generated_corpus as generation
 
     model_key = f"{_slug(model_name)}|{model_fingerprint(layout, layout.num_layers - 1)}"
     texts, fingerprint = generation.generated_texts(
@@ -213,10 +215,6 @@ def _save(path: Path, mom2: torch.Tensor, meta: dict) -> None:
 
 
 # --- collection -----------------------------------------------------------------------------------
-class _StopForward(Exception):
-    """Raised by the last needed hook: nothing above that layer (nor the LM head) is computed."""
-
-
 def key_width(layout, layer: int) -> int:
     return layout.weight_out_in("mlp_out", layer).shape[1]
 
@@ -238,8 +236,6 @@ def collect_second_moments(model, tokenizer, layout, layers: list[int], corpus: 
             keys = args[0][state["mask"]].float()
             sums[layer] += (keys.T @ keys).double().cpu()
             counts[layer] += keys.shape[0]
-            if layer == layers[-1]:
-                raise _StopForward
         return hook
 
     encoded = [tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"] for text in corpus.texts]
@@ -264,10 +260,9 @@ def collect_second_moments(model, tokenizer, layout, layers: list[int], corpus: 
                 input_ids[b, : len(row)] = torch.tensor(row)
                 mask[b, : len(row)] = 1
             state["mask"] = mask.bool().to(device)
-            try:
-                model.base_model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            except _StopForward:
-                pass
+            # nothing above the last needed layer (nor the LM head) is computed
+            forward_until(lambda: model.base_model(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=False),
+                          layout.module("mlp_out", layers[-1]), pre=True)
             bar.update(len(rows))
             start = end
     finally:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from bizsre_tasks import languages, prompts
+from bizsre_tasks import languages
+from bizsre_tasks.tasks import prompts
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bizsre_tasks import languages
-from bizsre_tasks.languages import CHARACTERS, JIEBA, RULES, WHITESPACE
+from bizsre_tasks.languages import CHARACTERS, JIEBA, RULES, WHITESPACE  # noqa: F401  (the rule names, used here and by callers)
 
 DEFAULT_RULE = WHITESPACE
 TOKENIZATION_ENV = "BIZSRE_TOKENIZATION"

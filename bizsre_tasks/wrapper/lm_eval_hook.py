@@ -41,7 +41,7 @@ PTH_NAME = "bizsre_tasks_lm_eval.pth"
 # Guarded so that an uninstalled package leaves no start-up error behind.
 PTH_LINE = (
     "import importlib.util as _u; "
-    "_u.find_spec('bizsre_tasks') and __import__('bizsre_tasks.lm_eval_hook').lm_eval_hook.install()\n"
+    "_u.find_spec('bizsre_tasks') and __import__('importlib').import_module('bizsre_tasks.wrapper.lm_eval_hook').install()\n"
 )
 
 
@@ -98,7 +98,7 @@ def patch_task_manager(module) -> None:
 
 
 def patch_tracker(module) -> None:
-    from bizsre_tasks import provenance
+    from bizsre_tasks.tasks import provenance
 
     provenance.patch_evaluation_tracker(module.EvaluationTracker)
 

@@ -30,7 +30,11 @@ from bizsre_tasks.editing.common import (
     naive_mode,
     pad_rows,
 )
-from bizsre_tasks.teacher_forcing import argmax_answers, argmax_at_targets, predicted_tokens
+from bizsre_tasks.wrapper.teacher_forcing import (
+    argmax_answers,
+    argmax_at_targets,
+    predicted_tokens,
+)
 
 
 def shared_prefix_groups(prompts: list[str], prefixes: list[str | None]) -> dict[str, list[int]]:

@@ -24,6 +24,7 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
+from bizsre_tasks.editing.tensors.body import forward_until
 from bizsre_tasks.errors import ConfigurationError
 
 ENCODERS = ("base",)
@@ -57,10 +58,6 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             # Rounded to bfloat16, so one checkpoint loaded in float32 or bfloat16 keeps its identity.
             digest.update(chunk.to(torch.bfloat16).float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer has run."""
 
 
 def _right_padded(tokenizer, texts: list[str], device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -111,26 +108,13 @@ class BaseModelEncoder:
             return torch.zeros((0, self.dim))
         device = next(self.model.parameters()).device
         target = self.layout.module("embed") if self.layer == 0 else self.layout.module("layers")[self.layer - 1]
-        captured: dict[str, torch.Tensor] = {}
-
-        def hook(_module, _inputs, output):
-            captured["hidden"] = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
-
         out = torch.zeros((len(texts), self.dim))
-        handle = target.register_forward_hook(hook)
-        try:
-            for chunk in _batches(texts, batch_size, progress):
-                ids, attention, pool = _right_padded(self.tokenizer, [texts[i] for i in chunk], device)
-                try:
-                    self.model(input_ids=ids, attention_mask=attention, use_cache=False)
-                except _StopForward:
-                    pass
-                hidden = captured.pop("hidden").float()
-                weights = pool.unsqueeze(-1)
-                out[chunk] = ((hidden * weights).sum(1) / weights.sum(1)).cpu()
-        finally:
-            handle.remove()
+        for chunk in _batches(texts, batch_size, progress):
+            ids, attention, pool = _right_padded(self.tokenizer, [texts[i] for i in chunk], device)
+            hidden = forward_until(lambda: self.model(input_ids=ids, attention_mask=attention, use_cache=False), target,
+                                   capture=lambda output: output[0] if isinstance(output, tuple) else output).float()
+            weights = pool.unsqueeze(-1)
+            out[chunk] = ((hidden * weights).sum(1) / weights.sum(1)).cpu()
         return out
 
 

@@ -14,7 +14,6 @@ record index; a record that repeats another exactly, or repeats its optional `ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,13 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bizsre_tasks import fingerprints
 from bizsre_tasks.errors import BizsreError
 
 logger = logging.getLogger(__name__)
 
 TEST_FILE_ENV = "BIZSRE_TEST_FILE"
 TRAIN_FILE_ENV = "BIZSRE_TRAIN_FILE"
-SAMPLE_TEST_FILE = Path(__file__).parent / "sample_data" / "bizsre_sample_en_zh.json"
+SAMPLE_TEST_FILE = Path(__file__).parent.parent / "sample_data" / "bizsre_sample_en_zh.json"
 
 PART_FIELDS = ("subject", "src", "rephrase", "alt", "loc", "loc_ans")
 PORTABILITY_FIELDS = ("New Question", "New Answer")
@@ -147,7 +147,7 @@ def _parse_part(path: Path, index: int, lang: str, raw: Any) -> LanguagePart:
 
 
 def file_fingerprint(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+    return fingerprints.bytes_fingerprint(data)
 
 
 def load_test_set(path: str | os.PathLike, required_languages: tuple[str, ...] = ()) -> TestSet:

@@ -1,0 +1,1 @@
+"""Tensor helpers shared by the editing methods: head softmax, sentence encoders, running the body."""

@@ -1,0 +1,1 @@
+"""Experiment runners: sweeps over methods and languages, the training-scale study."""
