@@ -166,13 +166,13 @@ class FineTuneL(EditingMethod):
     default_hparams: ClassVar[dict[str, Any]] = {
         # Layers whose mlp_out weight is fine-tuned; [] = the middle layer of the model.
         "layers": [],
-        "lr": 5e-4,
-        "steps": 25,
+        "lr": 5e-4,  # Adam step size
+        "steps": 25,  # most optimisation steps
         # L-infinity bound on the change of every weight element (Zhu et al.'s epsilon).
         "norm_constraint": 5e-4,
         # Stop once the mean NLL per target token falls below this.
         "early_stop_nll": 0.3,
-        "weight_decay": 0.0,
+        "weight_decay": 0.0,  # Adam weight decay
         # Where target token t is scored: after the prompt and tokens < t ("teacher_forced"), or every
         # token at the prompt's last position ("last_prompt", the seed repository's FT).
         "loss_position": "teacher_forced",

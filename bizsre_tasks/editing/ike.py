@@ -81,15 +81,15 @@ class InContextEditing(EditingMethod):
         "ratio": [1.0, 3.0, 4.0],  # copy : update : retain (the paper's 1:3:4)
         "encoder": "base",  # the model's own hidden states (see encoders.py)
         "encoder_layer": 0,  # hidden states after this many layers: 0 = input embeddings (no forward pass)
-        "encode_batch_size": 32,
+        "encode_batch_size": 32,  # questions per encoder forward pass
         "train_file": "",  # demonstration pool, used when model_args/env give none
         "pool_size": 0,  # use only the first N training records (0 = all)
-        "fact_label": "",  # "" = per language ("New Fact: ", "新事实：")
+        "fact_label": "",  # "" = the edit language's (the languages table: "New Fact: ", "新事实："...)
         "cache": True,  # keep pool features under <cache_root>/ike
         # The seed repository's prompt (hparams=paper): demonstrations most similar first, and the new fact
         # itself as one more copy demonstration just before the final new-fact line.
         "most_similar_first": False,
-        "edit_demo": False,
+        "edit_demo": False,  # also show the new fact as a copy demonstration before its fact line (the seed's prompt)
     }
 
     def __init__(self, context, hparams):

@@ -86,17 +86,17 @@ class KnowledgeNeurons(EditingMethod):
     default_hparams: ClassVar[dict[str, Any]] = {
         # Layers whose neurons are attributed; [] = the upper half of the model.
         "layers": [],
-        "ig_steps": 20,
+        "ig_steps": 20,  # integrated-gradient steps
         # Keep neurons with attribution > threshold * max attribution, at most top_k of them.
         "threshold": 0.2,
-        "top_k": 10,
+        "top_k": 10,  # at most this many neurons
         # Drop neurons whose mean |activation| on unrelated questions exceeds this fraction of theirs here (0 = no filter).
         "max_shared": 0.5,
         # Whose probability the attribution explains: the new answer's first token, or the unedited
         # argmax ("old", the paper's choice; here often a generic token such as " The").
         "attribute_to": "new",
-        "lambda_old": 1.0,
-        "lambda_new": 8.0,
+        "lambda_old": 1.0,  # weight of the old answer's embedding in the update direction (away from it)
+        "lambda_new": 8.0,  # weight of the new answer's embedding in the update direction (towards it)
         # Norm of each selected neuron's value-vector update, in units of the layer's mean value-vector norm.
         "scale": 0.5,
         # Embedding of the new answer: its first token (the paper's single-token answers) or the mean of all.

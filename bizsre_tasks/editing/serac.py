@@ -58,8 +58,8 @@ class Serac(EditingMethod):
         "demonstrations": 0,  # IKE demonstrations before the counterfactual prompt (needs a training file)
         "ratio": [1.0, 3.0, 4.0],  # their copy : update : retain mix
         "train_file": "",  # demonstration pool when model_args/env give none
-        "fact_label": "",  # "" = per language ("New Fact: ", "新事实：")
-        "encode_batch_size": 32,
+        "fact_label": "",  # "" = the edit language's (the languages table: "New Fact: ", "新事实："...)
+        "encode_batch_size": 32,  # questions per encoder forward pass
     }
 
     def __init__(self, context, hparams):
