@@ -126,3 +126,12 @@ def test_cycle_finder_finds_a_function_level_cycle():
     # The check can fail: the former MEND cycle, method -> trainer -> method.
     graph = {"a.method": {"a.trainer"}, "a.trainer": {"a.method", "a.base"}, "a.base": set()}
     assert find_cycle(graph) == ["a.method", "a.trainer", "a.method"]
+
+
+def test_old_import_paths_are_the_moved_modules():
+    import importlib
+
+    for old, new in _moved.MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    # the start-up hook line written by earlier `bizsre prepare` runs
+    assert __import__("bizsre_tasks.lm_eval_hook").lm_eval_hook is importlib.import_module("bizsre_tasks.wrapper.lm_eval_hook")

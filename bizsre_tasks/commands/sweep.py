@@ -21,8 +21,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="teacher_forced", choices=PROTOCOLS,
                         help="answering protocol (default: teacher_forced; paper: the paper code's evaluation)")
     parser.add_argument("--test-file", help="Bi-ZsRE test file (default: $BIZSRE_TEST_FILE, else the bundled sample)")
-    parser.add_argument("--train-file-en", help="training file for runs editing in English (IKE demonstrations, SERAC/MEND)")
-    parser.add_argument("--train-file-zh", help="training file for runs editing in Chinese")
+    add_train_file_options(parser, "runs editing in")
     parser.add_argument("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hyperparameter file for one method (repeatable)")
     parser.add_argument("--checkpoint", action="append", default=[], metavar="METHOD_LANG=DIR",
                         help="trained checkpoint for one run, e.g. mend_en=DIR or serac_zh=DIR (repeatable)")
@@ -34,9 +33,29 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
 
 
+def add_train_file_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """Training files per edit language: `--train-file LANG=FILE` for any language, and `--train-file-en` /
+    `--train-file-zh` as shorthands for the Bi-ZsRE pair."""
+    parser.add_argument("--train-file", action="append", default=[], metavar="LANG=FILE",
+                        help=f"training file for {what} language LANG (IKE demonstrations, SERAC/MEND); repeatable")
+    for lang in ("en", "zh"):
+        parser.add_argument(f"--train-file-{lang}", help=f"same as --train-file {lang}=FILE")
+
+
 def train_files_from(args: argparse.Namespace) -> dict[str, str]:
-    """Edit language -> training file, from --train-file-en / --train-file-zh (only those given)."""
-    return {lang: path for lang, path in (("en", args.train_file_en), ("zh", args.train_file_zh)) if path}
+    """Edit language -> training file, from --train-file LANG=FILE and the --train-file-en/-zh shorthands."""
+    from bizsre_tasks.errors import ConfigurationError
+
+    files = {}
+    for item in getattr(args, "train_file", None) or []:
+        lang, sep, path = item.partition("=")
+        if not sep or not lang.strip() or not path.strip():
+            raise ConfigurationError(f"--train-file expects LANG=FILE, got '{item}'")
+        files[lang.strip()] = path.strip()
+    for lang in ("en", "zh"):
+        if getattr(args, f"train_file_{lang}", None):
+            files[lang] = getattr(args, f"train_file_{lang}")
+    return files
 
 
 def key_value_pairs(items: list[str], option: str, form: str) -> dict[str, str]:

@@ -110,7 +110,7 @@ def train_file_for(lang: str, options: ScaleOptions) -> Path:
     chosen = options.train_files.get(lang) or os.environ.get(data_loading.TRAIN_FILE_ENV)
     if not chosen:
         raise ConfigurationError(
-            f"no training file for edit language '{lang}': pass --train-file-{lang} FILE (or set ${data_loading.TRAIN_FILE_ENV})"
+            f"no training file for edit language '{lang}': pass --train-file {lang}=FILE (or set ${data_loading.TRAIN_FILE_ENV})"
         )
     return Path(chosen).expanduser().resolve()
 

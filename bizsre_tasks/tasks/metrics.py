@@ -6,6 +6,11 @@ punctuation and spaces. Languages written without spaces for which no segmenter 
 (Thai, Japanese, ...) fall back to single characters. The rule and articles per language are the
 languages table's (`bizsre_tasks/languages.py`); the rule can be overridden with `set_tokenization_rule`
 or the environment variable `BIZSRE_TOKENIZATION` (for example `ja=characters,vi=whitespace`).
+
+Every task's F1 and EM come from here; `tasks/task_docs.py` (`score`, called by `process_results`) picks
+by protocol: `generate` -> `f1_score` / `exact_match` on these language-aware words; `teacher_forced` ->
+`token_id_scores` (token ids of the scoring tokenizer); `paper` -> `seed_token_scores` (the paper code's
+rules). Locality compares the post-edit answer with the pre-edit one, the other tasks with the dataset answer.
 """
 
 from __future__ import annotations
@@ -101,6 +106,13 @@ def multiset_f1(predicted: Sequence, gold: Sequence) -> float:
 
 def f1_score(prediction: str, gold: str, lang: str) -> float:
     return multiset_f1(answer_tokens(prediction, lang), answer_tokens(gold, lang))
+
+
+def token_id_scores(prediction: str, gold: str, tokenizer) -> dict[str, float]:
+    """`protocol=teacher_forced`: F1 over the token ids of the scoring tokenizer, EM after stripping."""
+    predicted_ids = tokenizer(prediction.strip(), add_special_tokens=False)["input_ids"]
+    gold_ids = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
+    return {"f1": multiset_f1(predicted_ids, gold_ids), "em": float(prediction.strip() == gold.strip())}
 
 
 def seed_token_scores(prediction: str, gold: str, tokenizer) -> dict[str, float]:

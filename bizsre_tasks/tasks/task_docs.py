@@ -189,10 +189,7 @@ def score(prediction: str, gold: str, doc: dict[str, Any]) -> dict[str, float]:
     if protocol == "paper":
         return metrics.seed_token_scores(prediction, gold, _tokenizer(doc.get("scoring_tokenizer") or "", doc.get("cache_dir") or ""))
     if protocol == "teacher_forced":
-        tokenizer = _tokenizer(doc.get("scoring_tokenizer") or "", doc.get("cache_dir") or "")
-        predicted_ids = tokenizer(prediction.strip(), add_special_tokens=False)["input_ids"]
-        gold_ids = tokenizer(gold.strip(), add_special_tokens=False)["input_ids"]
-        return {"f1": metrics.multiset_f1(predicted_ids, gold_ids), "em": float(prediction.strip() == gold.strip())}
+        return metrics.token_id_scores(prediction, gold, _tokenizer(doc.get("scoring_tokenizer") or "", doc.get("cache_dir") or ""))
     lang = doc["lang"]
     return {"f1": metrics.f1_score(prediction, gold, lang), "em": metrics.exact_match(prediction, gold, lang)}
 
