@@ -79,7 +79,7 @@ class InContextEditing(EditingMethod):
     default_hparams = {
         "k": 8,  # demonstrations per edit
         "ratio": [1.0, 3.0, 4.0],  # copy : update : retain (the paper's 1:3:4)
-        "encoder": "base",  # the model's own hidden states (see encoders.py)
+        "encoder": "base",  # the model's own hidden states (see editing/tensors/encoders.py)
         "encoder_layer": 0,  # hidden states after this many layers: 0 = input embeddings (no forward pass)
         "encode_batch_size": 32,  # questions per encoder forward pass
         "train_file": "",  # demonstration pool, used when model_args/env give none
