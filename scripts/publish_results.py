@@ -20,28 +20,18 @@ import shutil
 import sys
 from pathlib import Path
 
-TASKS = ("bizsre_reliability", "bizsre_generality_en", "bizsre_generality_zh", "bizsre_locality_en",
-         "bizsre_locality_zh", "bizsre_portability_en", "bizsre_portability_zh")
+from bizsre_tasks.report.results_reader import RUN_LOG_NAME, ResultsFileError, RunResult, find_results_files, read_results
+from bizsre_tasks.sweep import EXPECTED_TASKS
 
 
-def newest_results(run: Path) -> Path | None:
-    files = sorted(run.glob("*/results_*.json"), key=lambda p: p.name)
-    return files[-1] if files else None
-
-
-def finished(results_file: Path) -> dict | None:
+def finished(run: Path) -> RunResult | None:
+    """The run's newest results file when it holds all seven tasks (the sweep's test, less its samples files)."""
+    files = find_results_files(run)
     try:
-        data = json.loads(results_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        result = read_results(files[-1]) if files else None
+    except ResultsFileError:
         return None
-    return data if all(task in data.get("results", {}) for task in TASKS) else None
-
-
-def model_args(data: dict) -> dict[str, str]:
-    raw = data.get("config", {}).get("model_args", "")
-    if isinstance(raw, dict):
-        return {k: str(v) for k, v in raw.items()}
-    return dict(part.split("=", 1) for part in raw.split(",") if "=" in part)
+    return result if result and all(task in result.scores for task in EXPECTED_TASKS) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,23 +44,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows, missing = [], []
     for run in sorted(p for p in options.sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        results_file = newest_results(run)
-        data = finished(results_file) if results_file else None
-        if data is None:
+        result = finished(run)
+        if result is None:
             missing.append(run.name)
             continue
         target = options.out / run.name
         target.mkdir(parents=True, exist_ok=True)
         for old in target.glob("results_*.json"):
             old.unlink()
-        shutil.copy2(results_file, target / results_file.name)
-        args = model_args(data)
-        log = run / "lm_eval.log"
+        shutil.copy2(result.path, target / result.path.name)
+        wall = json.loads(result.path.read_text(encoding="utf-8")).get("total_evaluation_time_seconds", 0.0)
+        log = run / RUN_LOG_NAME
         command = log.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if log.is_file() else ""
         rows.append({
-            "run": run.name, "method": args.get("method", ""), "edit_lang": args.get("edit_lang", ""),
-            "protocol": args.get("protocol", ""), "cases": data.get("n-samples", {}).get("bizsre_reliability", {}).get("effective", ""),
-            "wall_s": round(float(data.get("total_evaluation_time_seconds", 0.0))), "command": command,
+            "run": run.name, "method": result.method, "edit_lang": result.edit_lang, "protocol": result.protocol,
+            "cases": result.cases if result.cases is not None else "", "wall_s": round(float(wall)), "command": command,
         })
     options.out.mkdir(parents=True, exist_ok=True)
     with (options.out / "runs.csv").open("w", newline="", encoding="utf-8") as handle:

@@ -17,8 +17,8 @@ def _run(tmp_path, name, tasks, seconds):
     folder = tmp_path / "sweep" / name / "model__x"
     folder.mkdir(parents=True)
     method, lang = name.split("_")
-    data = {"results": {t: {"f1,none": 0.5} for t in tasks}, "total_evaluation_time_seconds": str(seconds),
-            "config": {"model_args": f"method={method},edit_lang={lang},protocol=paper"},
+    data = {"results": {t: {"f1,none": 0.5, "em,none": 0.0} for t in tasks}, "total_evaluation_time_seconds": str(seconds),
+            "config": {"model": "edited-hf", "model_args": f"method={method},edit_lang={lang},protocol=paper"},
             "n-samples": {"bizsre_reliability": {"original": 1037, "effective": 1037}}}
     (folder / "results_2026-12-01T00-00-00.json").write_text(json.dumps(data))
     (folder / "samples_bizsre_reliability_2026-12-01T00-00-00.jsonl").write_text("{}\n")
