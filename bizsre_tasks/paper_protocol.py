@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bizsre_tasks.editing.common import context_length, hidden_states, left_truncate
+from bizsre_tasks.editing.common import context_length, encode_prompt, hidden_states, left_truncate
 from bizsre_tasks.editing.head_softmax import head_argmax
 from bizsre_tasks.editing.prefix_cache import hidden_after_cache, prefix_cache
 from bizsre_tasks.errors import ConfigurationError
@@ -172,7 +172,7 @@ def _shared_prefix(tokenizer, prefix: str, runs: list[list[int]]) -> list[int] |
     off the front for length), else None: those rows then run in full."""
     if not prefix:
         return None
-    ids = tokenizer(prefix)["input_ids"]
+    ids = encode_prompt(tokenizer, prefix)
     return ids if all(len(run) > len(ids) and run[: len(ids)] == ids for run in runs) else None
 
 

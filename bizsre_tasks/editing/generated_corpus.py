@@ -104,8 +104,9 @@ def generated_texts(model, tokenizer, lang: str, model_key: str, cache_dir: Path
                disable=not progress)
     try:
         for chunk, first in enumerate(range(0, count, batch_size)):
-            texts += _sample(model, tokenizer, rows[first:first + batch_size], length, seed + chunk, top_k)
-            bar.update(len(rows[first:first + batch_size]))
+            chunk_rows = rows[first:first + batch_size]
+            texts += _sample(model, tokenizer, chunk_rows, length, seed + chunk, top_k)
+            bar.update(len(chunk_rows))
     finally:
         bar.close()
     path.parent.mkdir(parents=True, exist_ok=True)

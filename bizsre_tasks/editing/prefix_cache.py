@@ -54,11 +54,9 @@ def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], tar
     groups = length_sorted_batches(rows, batch_size)
     batches = [pad_rows([rows[i] for i in members], tokenizer.pad_token_id, device) for members in groups]
     prefix_ids = encode_prompt(tokenizer, prefix)
-    # The prefix's last token is left to the rows, so every row predicts its first target token itself.
-    cut = len(prefix_ids) - 1
-    cache = None
-    if cut > 0 and batches and not naive_mode() and all(_starts_with(batch, prefix_ids) for batch in batches):
-        cache = _cache(model, prefix_ids[:cut], device)
+    cache, cut = None, 0
+    if batches and all(_starts_with(batch, prefix_ids) for batch in batches):
+        cache, cut = prefix_cache(model, prefix_ids, device)
     answers = [""] * len(prompts)
     for members, batch in zip(groups, batches):
         tokens = predicted_tokens(model, batch) if cache is None else _tokens_after_cache(model, batch, cache, cut)
