@@ -1,4 +1,4 @@
-"""The one-pass head objective (`editing/head_softmax.py`) against the full softmax it replaces."""
+"""The one-pass head objective (`editing/tensors/head_softmax.py`) against the full softmax it replaces."""
 
 from __future__ import annotations
 

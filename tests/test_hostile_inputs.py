@@ -90,7 +90,7 @@ def test_question_longer_than_the_context_stops_the_run_before_any_edit(short_gp
 def test_long_question_of_another_split_names_its_field(short_gpt2, tmp_path, protocol):
     cases = _cases()
     cases[2]["zh"]["rephrase"] = "这个问题" * 60 + "是什么？"
-    with pytest.raises(DataFormatError, match=rf"record 2, field 'zh\.rephrase': the generality prompt has \d+ tokens"):
+    with pytest.raises(DataFormatError, match=r"record 2, field 'zh\.rephrase': the generality prompt has \d+ tokens"):
         run_harness(_args(short_gpt2, _write(tmp_path, cases), method="none", protocol=protocol), ["bizsre_generality_zh"], limit=3)
 
 

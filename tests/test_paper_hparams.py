@@ -345,7 +345,7 @@ def test_without_a_corpus_the_model_writes_one_in_the_edit_language_once(tiny_ge
     small = {**QUICK, "stats_fallback": "generated", "stats_generated_texts": 30, "stats_generated_length": 6}
     calls = []
     original = generated_corpus._sample
-    monkeypatch.setattr(generated_corpus, "_sample", lambda *a, **k: calls.append(a[3]) or original(*a, **k))
+    monkeypatch.setattr(generated_corpus, "_sample", lambda *a, **k: calls.append(len(a[2])) or original(*a, **k))
     ctx = _context(tiny_gemma)
     ctx.edit_lang = "zh"
     with caplog.at_level("WARNING"):
@@ -363,7 +363,25 @@ def test_without_a_corpus_the_model_writes_one_in_the_edit_language_once(tiny_ge
     assert sum(calls) == 30 and len(list((tmp_path / "cache" / "stats" / "generated").glob("*.json"))) == 2
 
 
+def test_a_shipped_corpus_is_read_instead_of_generating(tiny_gemma, tmp_path, monkeypatch):
+    """Corpora shipped in sample_data/generated/ are found by the same weights-based key as the cache."""
+    import json
+
+    from bizsre_tasks.editing import generated_corpus, second_moments
+
+    ctx = _context(tiny_gemma)
+    first = second_moments.generated_corpus(ctx.model, ctx.tokenizer, ctx.layout, "en", count=30, length=6, cache_dir=tmp_path / "a", progress=False)
+    (written,) = (tmp_path / "a" / "stats" / "generated").glob("en-*.json")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / written.name).write_text(json.dumps([f"shipped text {i}" for i in range(30)]), encoding="utf-8")
+    monkeypatch.setattr(generated_corpus, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(generated_corpus, "_sample", lambda *a, **k: pytest.fail("generated although a corpus ships"))
+    again = second_moments.generated_corpus(ctx.model, ctx.tokenizer, ctx.layout, "en", count=30, length=6, cache_dir=tmp_path / "b", progress=False)
+    assert again.texts[0] == "shipped text 0" and first.texts[0] != "shipped text 0"
+
+
 def test_sample_fallback_is_the_default(tiny_gemma, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         build_method("rome", _context(tiny_gemma), QUICK).ensure_prepared()
-    assert "weak" in caplog.text and not (tmp_path / "cache" / "stats" / "generated").exists()
+    assert "using the bundled 20-case sample" in caplog.text and not (tmp_path / "cache" / "stats" / "generated").exists()

@@ -210,3 +210,32 @@ def test_a_rewrite_that_does_more_than_prepend_is_refused():
     assert paper_protocol.split_rewrite("Q?", "New fact. Q?") == "New fact. "
     with pytest.raises(ConfigurationError, match="puts text in front of the question"):
         paper_protocol.split_rewrite("Q?", "Q? Think.")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama"])
+def test_a_shared_prefix_runs_once_and_answers_as_the_full_prompts(fixture, request):
+    """IKE-style text in front of every question: the prefix runs once per group (KV cache) and the
+    answers are those of each full prompt run on its own."""
+    model, tokenizer = _load(request.getfixturevalue(fixture))
+    prefix = "New Fact: Zorb is on Mars.\nPrompt: Where is Zorb? Mars\n\nNew Fact: 巴西说葡萄牙语。\n"
+    expected = []
+    for question, answer, name in QUESTIONS:
+        kind = paper_protocol.variant(name)
+        tokens = []
+        for prompt in paper_protocol.paper_prompts(tokenizer, question, answer, kind):
+            ids = paper_protocol._prompt_ids(tokenizer, prompt, prefix, None)
+            tokens.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        expected.append(kind.normalise(tokenizer.decode(tokens, skip_special_tokens=True)))
+    widths = []
+    handle = model.base_model.register_forward_hook(lambda module, args, kwargs, out: widths.append(kwargs["input_ids"].shape),
+                                                    with_kwargs=True)
+    questions, answers, names = zip(*QUESTIONS)
+    try:
+        got = paper_protocol.paper_answers(model, tokenizer, list(questions), list(answers), list(names), [prefix] * len(QUESTIONS), batch_size=2)
+    finally:
+        handle.remove()
+    assert got == expected
+    prefix_length = len(tokenizer(prefix)["input_ids"])
+    # one pass over the prefix (all but its last token), then batches of rows that start after it
+    assert tuple(widths[0]) == (1, prefix_length - 1) and len(widths) > 1
+    assert all(shape[1] < prefix_length - 1 for shape in widths[1:])

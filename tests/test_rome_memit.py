@@ -267,7 +267,7 @@ def test_corpus_formats(tmp_path, caplog):
     assert second_moments.load_corpus([text]).fingerprint != second_moments.load_corpus([tsv]).fingerprint
     with caplog.at_level(logging.WARNING):
         sample = second_moments.load_corpus([])
-    assert "weak" in caplog.text and len(sample.texts) > 20  # the bundled test-schema sample
+    assert "using the bundled 20-case sample" in caplog.text and len(sample.texts) > 20  # the bundled test-schema sample
     with pytest.raises(ConfigurationError, match="not found"):
         second_moments.load_corpus([tmp_path / "missing.txt"])
 

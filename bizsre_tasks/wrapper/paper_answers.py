@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from bizsre_tasks.editing.common import context_length, hidden_states, left_truncate
+from bizsre_tasks.editing.common import context_length, encode_prompt, hidden_states, left_truncate
 from bizsre_tasks.editing.tensors.head_softmax import head_argmax
 from bizsre_tasks.tasks.paper_protocol import SEED_MAX_LENGTH, paper_prompts, variant
+from bizsre_tasks.wrapper.prefix_cache import hidden_after_cache, prefix_cache
 
 
 def _prompt_ids(tokenizer, prompt: str, prefix: str, limit: int | None) -> list[int]:
@@ -45,11 +46,14 @@ def shared_rows(rows: list[list[int]], owners: list[int]) -> tuple[list[list[int
 
 
 @torch.no_grad()
-def argmax_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int | None, batch_size: int) -> list[list[int]]:
+def argmax_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: int | None, batch_size: int,
+              prefix_ids: list[int] | None = None) -> list[list[int]]:
     """The argmax token after `positions[r]` of each row of token ids; rows of similar length are batched
-    (right padding) and the head runs at the asked positions only."""
+    (right padding) and the head runs at the asked positions only. `prefix_ids`: tokens every row starts
+    with (an in-context method's demonstrations); they run once and the rows run on top of their cache."""
     device = next(model.parameters()).device
     pad_id = pad_id if pad_id is not None else 0
+    cache, cut = prefix_cache(model, prefix_ids, device) if prefix_ids else (None, 0)
     tokens: list[list[int]] = [[] for _ in rows]
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]), reverse=True)
     for start in range(0, len(order), batch_size):
@@ -60,13 +64,26 @@ def argmax_at(model, rows: list[list[int]], positions: list[list[int]], pad_id: 
         for b, i in enumerate(members):
             input_ids[b, : len(rows[i])] = torch.tensor(rows[i])
             mask[b, : len(rows[i])] = 1
-        hidden = hidden_states(model, input_ids.to(device), mask.to(device))
+        input_ids, mask = input_ids.to(device), mask.to(device)
+        if cache is None:
+            hidden = hidden_states(model, input_ids, mask)
+        else:
+            hidden = hidden_after_cache(model, input_ids, mask, cache, cut)
         batch_index = torch.tensor([b for b, i in enumerate(members) for _ in positions[i]], device=device)
-        position_index = torch.tensor([p for i in members for p in positions[i]], device=device)
+        position_index = torch.tensor([p - cut for i in members for p in positions[i]], device=device)
         best = head_argmax(model, hidden[batch_index, position_index]).tolist()
         for i in members:
             tokens[i], best = best[: len(positions[i])], best[len(positions[i]) :]
     return tokens
+
+
+def _shared_prefix(tokenizer, prefix: str, runs: list[list[int]]) -> list[int] | None:
+    """The prefix's own tokens when every row starts with them (no token merged across the cut, nothing cut
+    off the front for length), else None: those rows then run in full."""
+    if not prefix:
+        return None
+    ids = encode_prompt(tokenizer, prefix)
+    return ids if all(len(run) > len(ids) and run[: len(ids)] == ids for run in runs) else None
 
 
 def paper_answers(
@@ -95,7 +112,19 @@ def paper_answers(
     for run, position in where:
         positions[run].append(position)
     positions = [sorted(set(p)) for p in positions]
-    predicted = argmax_at(model, runs, positions, tokenizer.pad_token_id, batch_size)
+    # Rows grouped by the text in front of their question: IKE's ~1,300 tokens of demonstrations then run
+    # once per case instead of once per row.
+    run_prefix = {run: prefixes[owner] for owner, (run, _) in zip(owners, where)}
+    groups: dict[str, list[int]] = {}
+    for run in range(len(runs)):
+        groups.setdefault(run_prefix[run], []).append(run)
+    predicted: list[list[int]] = [[] for _ in runs]
+    for prefix, members in groups.items():
+        member_runs = [runs[r] for r in members]
+        tokens = argmax_at(model, member_runs, [positions[r] for r in members], tokenizer.pad_token_id, batch_size,
+                           _shared_prefix(tokenizer, prefix, member_runs))
+        for r, row_tokens in zip(members, tokens):
+            predicted[r] = row_tokens
     per_question: list[list[int]] = [[] for _ in questions]
     for owner, (run, position) in zip(owners, where):
         per_question[owner].append(predicted[run][positions[run].index(position)])

@@ -58,11 +58,9 @@ def shared_prefix_answers(model, tokenizer, prefix: str, prompts: list[str], tar
     groups = length_sorted_batches(rows, batch_size)
     batches = [pad_rows([rows[i] for i in members], tokenizer.pad_token_id, device) for members in groups]
     prefix_ids = encode_prompt(tokenizer, prefix)
-    # The prefix's last token is left to the rows, so every row predicts its first target token itself.
-    cut = len(prefix_ids) - 1
-    cache = None
-    if cut > 0 and batches and not naive_mode() and all(_starts_with(batch, prefix_ids) for batch in batches):
-        cache = _cache(model, prefix_ids[:cut], device)
+    cache, cut = None, 0
+    if batches and all(_starts_with(batch, prefix_ids) for batch in batches):
+        cache, cut = prefix_cache(model, prefix_ids, device)
     answers = [""] * len(prompts)
     for members, batch in zip(groups, batches):
         tokens = predicted_tokens(model, batch) if cache is None else _tokens_after_cache(model, batch, cache, cut)
@@ -85,13 +83,27 @@ def _cache(model, ids: list[int], device):
     return getattr(outputs, "past_key_values", None)
 
 
+def prefix_cache(model, prefix_ids: list[int], device):
+    """The key/value cache of all but the last of `prefix_ids` (the rows then predict from the prefix's last
+    token on themselves), and that cut; (None, 0) when there is nothing to cache or the model keeps no cache."""
+    cut = len(prefix_ids) - 1
+    if cut <= 0 or naive_mode():
+        return None, 0
+    cache = _cache(model, prefix_ids[:cut], device)
+    return (cache, cut) if cache is not None else (None, 0)
+
+
+def hidden_after_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache, cut: int) -> torch.Tensor:
+    """Final hidden states of the columns from `cut` on of rows that all start with the cached tokens, run
+    over a copy of the cache; column j of the result is column `cut + j` of the full rows."""
+    past = copy.deepcopy(cache)  # the forward appends to the cache it is given
+    past.batch_repeat_interleave(input_ids.shape[0])
+    outputs = model.base_model(input_ids=input_ids[:, cut:], attention_mask=attention_mask, past_key_values=past, use_cache=True)
+    return outputs.last_hidden_state
+
+
 def _tokens_after_cache(model, batch: PromptTargetBatch, cache, cut: int) -> torch.Tensor:
     """Argmax tokens at the target positions, running only the columns from `cut` on over a copy of the cache."""
-    rows = batch.input_ids.shape[0]
-    past = copy.deepcopy(cache)  # the forward appends to the cache it is given
-    past.batch_repeat_interleave(rows)
-    outputs = model.base_model(
-        input_ids=batch.input_ids[:, cut:], attention_mask=batch.attention_mask, past_key_values=past, use_cache=True
-    )
+    hidden = hidden_after_cache(model, batch.input_ids, batch.attention_mask, cache, cut)
     # Padded target slots hold position 0 (masked); real ones lie at or after the cut.
-    return argmax_at_targets(model, outputs.last_hidden_state, (batch.positions - cut).clamp(min=0), batch.target_mask)
+    return argmax_at_targets(model, hidden, (batch.positions - cut).clamp(min=0), batch.target_mask)

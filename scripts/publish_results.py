@@ -1,0 +1,73 @@
+#!/usr/bin/env python
+"""Copy the finished runs of a `bizsre sweep` folder into the published results tree.
+
+For every run folder `SWEEP/<method>_<edit_lang>/` whose newest lm-eval results JSON holds all 7 tasks,
+the JSON (not the per-sample files, which are large) goes to `OUT/<method>_<edit_lang>/`, and one line per
+run is written to `OUT/runs.csv`: method, edit language, protocol, cases, the run's lm-eval wall time and
+the command line the sweep ran (the first line of the run's `lm_eval.log`). Unfinished runs are listed and
+skipped, so the script can be run again as a sweep goes on.
+
+Example:
+    python scripts/publish_results.py /work/sweeps/paper results/gemma3-270m/paper
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from bizsre_tasks.report.results_reader import RUN_LOG_NAME, ResultsFileError, RunResult, find_results_files, read_results
+from bizsre_tasks.experiments.sweep import EXPECTED_TASKS
+
+
+def finished(run: Path) -> RunResult | None:
+    """The run's newest results file when it holds all seven tasks (the sweep's test, less its samples files)."""
+    files = find_results_files(run)
+    try:
+        result = read_results(files[-1]) if files else None
+    except ResultsFileError:
+        return None
+    return result if result and all(task in result.scores for task in EXPECTED_TASKS) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="a `bizsre sweep --output` folder")
+    parser.add_argument("out", type=Path, help="where the results JSONs and runs.csv go")
+    options = parser.parse_args(argv)
+    if not options.sweep.is_dir():
+        print(f"error: {options.sweep} is not a folder", file=sys.stderr)
+        return 2
+    rows, missing = [], []
+    for run in sorted(p for p in options.sweep.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        result = finished(run)
+        if result is None:
+            missing.append(run.name)
+            continue
+        target = options.out / run.name
+        target.mkdir(parents=True, exist_ok=True)
+        for old in target.glob("results_*.json"):
+            old.unlink()
+        shutil.copy2(result.path, target / result.path.name)
+        wall = json.loads(result.path.read_text(encoding="utf-8")).get("total_evaluation_time_seconds", 0.0)
+        log = run / RUN_LOG_NAME
+        command = log.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if log.is_file() else ""
+        rows.append({
+            "run": run.name, "method": result.method, "edit_lang": result.edit_lang, "protocol": result.protocol,
+            "cases": result.cases if result.cases is not None else "", "wall_s": round(float(wall)), "command": command,
+        })
+    options.out.mkdir(parents=True, exist_ok=True)
+    with (options.out / "runs.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["run", "method", "edit_lang", "protocol", "cases", "wall_s", "command"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"published {len(rows)} run(s) to {options.out}" + (f"; not finished: {', '.join(missing)}" if missing else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
