@@ -46,6 +46,9 @@ RESERVED_TRAIN_OPTIONS = ("--out", "--train-file", "--train-size", "--edit-lang"
 # Seconds a trainer spent on the work itself, by manifest metric (SERAC: encoding + head; MEND:
 # precompute + hypernetwork), so a reused checkpoint still reports what it cost to train.
 TRAINING_SECONDS_KEYS = ("encode_seconds", "train_seconds", "precompute_seconds")
+# Methods that learn from training data without a trainer: their "training size" is this hyperparameter
+# (IKE: its demonstration pool is the first N training records), written into the hparams file of each point.
+SIZE_HPARAM = {"ike": "pool_size"}
 
 
 @dataclass
@@ -199,10 +202,12 @@ def training_log(options: ScaleOptions, point: Point) -> Path:
 
 
 def aligned_file_for(point: Point, options: ScaleOptions) -> str | None:
-    """--aligned-file METHOD_LANG, else, for SERAC, the other language's training file: Bi-ZsRE's
-    training files are line-aligned translations, and SERAC needs them for cross-lingual positives."""
+    """--aligned-file METHOD_LANG, else, for a trainer that is aligned by default (SERAC), the other language's
+    training file: Bi-ZsRE's training files are line-aligned translations, and SERAC needs them for
+    cross-lingual positives."""
     chosen = options.aligned_files.get(f"{point.method}_{point.edit_lang}")
-    if chosen is None and point.method == "serac":
+    trainer = TRAINERS.get(point.method)
+    if chosen is None and trainer is not None and trainer.aligned_by_default:
         others = [lang for lang in options.train_files if lang != point.edit_lang]
         chosen = options.train_files[others[0]] if others else None
     return str(Path(chosen).expanduser().resolve()) if chosen else None
@@ -225,15 +230,16 @@ def train_command(point: Point, options: ScaleOptions) -> list[str]:
     return argv + list(options.train_args.get(point.method, []))
 
 
-def ike_hparams_file(point: Point, options: ScaleOptions) -> Path:
-    """IKE's "training" at size N: the user's IKE hparams (if any) with `pool_size: N`."""
+def size_hparams_file(point: Point, options: ScaleOptions) -> Path:
+    """The "training" at size N of a method in SIZE_HPARAM (IKE): the user's hparams for it (if any) with its
+    size hyperparameter (`pool_size: N`)."""
     import yaml
 
     values = {}
-    if "ike" in options.hparams:
-        values = yaml.safe_load(Path(options.hparams["ike"]).expanduser().read_text(encoding="utf-8")) or {}
-    values["pool_size"] = point.size
-    path = options.output / "hparams" / f"ike_{point.size}.yaml"
+    if point.method in options.hparams:
+        values = yaml.safe_load(Path(options.hparams[point.method]).expanduser().read_text(encoding="utf-8")) or {}
+    values[SIZE_HPARAM[point.method]] = point.size
+    path = options.output / "hparams" / f"{point.method}_{point.size}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(values, sort_keys=True), encoding="utf-8")
     return path
@@ -243,8 +249,8 @@ def sweep_options(point: Point, options: ScaleOptions) -> SweepOptions:
     """The point as a one-run sweep; each size has its own sweep folder (run folders are named by
     method and language only)."""
     hparams = dict(options.hparams)
-    if point.method == "ike":
-        hparams["ike"] = str(ike_hparams_file(point, options))
+    if point.method in SIZE_HPARAM:
+        hparams[point.method] = str(size_hparams_file(point, options))
     checkpoints = {f"{point.method}_{point.edit_lang}": str(checkpoint_dir(options, point))} if point.method in TRAINED_METHODS else {}
     return SweepOptions(
         output=options.output / "runs" / f"size_{point.size}",
@@ -266,7 +272,7 @@ def sweep_options(point: Point, options: ScaleOptions) -> SweepOptions:
 def training_summary(point: Point, options: ScaleOptions, wall_seconds: float | None) -> dict:
     if point.method not in TRAINED_METHODS:
         return {"seconds": 0.0, "wall_seconds": None, "checkpoint": None, "records": point.size,
-                "note": f"no training: demonstration pool = first {point.size} records (hparam pool_size), encoded at evaluation"}
+                "note": f"no training: demonstration pool = first {point.size} records (hparam {SIZE_HPARAM[point.method]}), encoded at evaluation"}
     folder = checkpoint_dir(options, point)
     metrics = (read_manifest(folder) or {}).get("metrics", {})
     seconds = sum(float(metrics[key]) for key in TRAINING_SECONDS_KEYS if isinstance(metrics.get(key), (int, float)))

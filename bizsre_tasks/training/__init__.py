@@ -16,9 +16,14 @@ class Trainer:
     description: str
     options: str  # module with DEFAULTS and configure(parser) (argparse only)
     training: str  # module with train(args) -> checkpoint folder
+    # Whether a study that trains on one language's file passes the other language's (line-aligned) training
+    # file as --aligned-file unless told otherwise: SERAC needs it for cross-lingual positives, MEND does not.
+    aligned_by_default: bool = False
 
 
 TRAINERS: dict[str, Trainer] = {
-    "serac": Trainer("SERAC's scope classifier", "bizsre_tasks.training.serac_options", "bizsre_tasks.training.serac_training"),
-    "mend": Trainer("MEND's hypernetwork", "bizsre_tasks.training.mend_options", "bizsre_tasks.training.mend_training"),
+    "serac": Trainer("SERAC's scope classifier", "bizsre_tasks.training.serac_options", "bizsre_tasks.training.serac_training",
+                     aligned_by_default=True),
+    "mend": Trainer("MEND's hypernetwork", "bizsre_tasks.training.mend_options", "bizsre_tasks.training.mend_training",
+                    aligned_by_default=False),
 }

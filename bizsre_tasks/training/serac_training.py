@@ -274,12 +274,87 @@ def _resolve_device(name: str | None) -> str:
     return name
 
 
+@dataclass
+class _Setup:
+    """The checked options of one `train` call."""
+
+    out: Path
+    train_file: Path
+    aligned_files: list[Path]
+    edit_lang: str
+    seed: int
+    config: dict[str, Any]  # everything that shapes the checkpoint (all options but --save-every)
+    quiet: bool
+    overwrite: bool
+    device: str
+    pretrained: str | None
+    save_every: int
+    stop_after: int | None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out / STATE_DIR
+
+
+@dataclass
+class _Encoder:
+    """The frozen base model as the source of question features."""
+
+    model_path: Path
+    fingerprint: str
+    encoder: Any
+
+
+@dataclass
+class _Run:
+    """The run's description and key (the same key means the same checkpoint) and its data files."""
+
+    data_files: list[dict]
+    description: dict
+    key: str
+
+
+@dataclass
+class _Data:
+    """Training and held-out groups, and the features of every question in them."""
+
+    train_groups: list[Group]
+    val_groups: list[Group]
+    texts: list[str]
+    features: torch.Tensor
+    encode_seconds: float
+    train: IndexedGroups
+    val: IndexedGroups
+
+
+@dataclass
+class _State:
+    """The head, its optimiser and the progress so far: what `state.pt` holds."""
+
+    head: Any  # ScopeHead
+    optimiser: torch.optim.Optimizer
+    path: Path
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
 def train(args: argparse.Namespace) -> Path:
     """Train the scope classifier and write the checkpoint folder `args.out`; returns the folder."""
-    from bizsre_tasks.editing.layout import ModelLayout
-    from bizsre_tasks.editing.scope_classifier import ScopeHead
-    from bizsre_tasks.editing.tensors.encoders import build_encoder, model_fingerprint
+    setup = _resolve_setup(args)
+    encoder = _load_encoder(setup)
+    run = _describe_run(setup, encoder)
+    if not _prepare_run_folder(setup, run):
+        return setup.out
+    data = _load_data(setup, encoder.encoder)
+    state = _initial_state(setup, data)
+    train_seconds = _train_head(setup, data, state)
+    if train_seconds is not None:
+        _write_checkpoint(setup, encoder, run, data, state, train_seconds)
+    return setup.out
 
+
+def _resolve_setup(args: argparse.Namespace) -> _Setup:
+    """Every option with its default, checked before anything slow starts; applies --threads."""
     quiet = bool(getattr(args, "quiet", False))
     if not getattr(args, "out", None):
         raise ConfigurationError("SERAC training needs --out DIR (the checkpoint folder to write)")
@@ -297,129 +372,169 @@ def train(args: argparse.Namespace) -> Path:
     for key in ("train_size", "steps", "batch_size", "proj_dim"):
         if config[key] < 1:
             raise ConfigurationError(f"--{key.replace('_', '-')} must be >= 1")
+    return _Setup(
+        out=out, train_file=train_file, aligned_files=aligned_files, edit_lang=edit_lang, seed=seed, config=config, quiet=quiet,
+        overwrite=bool(getattr(args, "overwrite", False)), device=_resolve_device(getattr(args, "device", None)),
+        pretrained=getattr(args, "pretrained", None), save_every=int(getattr(args, "save_every", None) or DEFAULTS["save_every"]),
+        stop_after=getattr(args, "stop_after", None),
+    )
 
-    device = _resolve_device(getattr(args, "device", None))
-    model, tokenizer, model_path = _load_model(getattr(args, "pretrained", None), device)
+
+def _load_encoder(setup: _Setup) -> _Encoder:
+    """The base model and the encoder built on it; `--encoder base` records the layer it chose in the config."""
+    from bizsre_tasks.editing.layout import ModelLayout
+    from bizsre_tasks.editing.tensors.encoders import build_encoder, model_fingerprint
+
+    model, tokenizer, model_path = _load_model(setup.pretrained, setup.device)
     fingerprint = model_fingerprint(model)
-    context = argparse.Namespace(model=model, tokenizer=tokenizer, layout=ModelLayout.for_model(model), device=torch.device(device))
-    encoder = build_encoder(config["encoder"], context, config["encoder_layer"], fingerprint)
-    if config["encoder"] == "base":
-        config["encoder_layer"] = encoder.layer
-    data_files = [{"path": str(train_file), "fingerprint": data_fingerprint(train_file), "role": "train"}]
-    data_files += [{"path": str(p), "fingerprint": data_fingerprint(p), "role": "aligned"} for p in aligned_files]
-    run = {"method": METHOD, "edit_lang": edit_lang, "base_model": fingerprint, "encoder": encoder.key, "config": config,
-           "data": [d["fingerprint"] for d in data_files]}
-    run_key = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:16]
+    context = argparse.Namespace(model=model, tokenizer=tokenizer, layout=ModelLayout.for_model(model), device=torch.device(setup.device))
+    encoder = build_encoder(setup.config["encoder"], context, setup.config["encoder_layer"], fingerprint)
+    if setup.config["encoder"] == "base":
+        setup.config["encoder_layer"] = encoder.layer
+    return _Encoder(model_path, fingerprint, encoder)
 
+
+def _describe_run(setup: _Setup, encoder: _Encoder) -> _Run:
+    data_files = [{"path": str(setup.train_file), "fingerprint": data_fingerprint(setup.train_file), "role": "train"}]
+    data_files += [{"path": str(p), "fingerprint": data_fingerprint(p), "role": "aligned"} for p in setup.aligned_files]
+    description = {"method": METHOD, "edit_lang": setup.edit_lang, "base_model": encoder.fingerprint, "encoder": encoder.encoder.key,
+                   "config": setup.config, "data": [d["fingerprint"] for d in data_files]}
+    key = hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+    return _Run(data_files, description, key)
+
+
+def _prepare_run_folder(setup: _Setup, run: _Run) -> bool:
+    """Checks that a finished checkpoint or an unfinished run in the folder is this run (--overwrite: starts
+    afresh) and records the run; False when the folder already holds this run's checkpoint (nothing to do)."""
+    out = setup.out
     manifest = read_manifest(out)
     if manifest is not None:
-        if manifest.get("config", {}).get("run_key") == run_key and not getattr(args, "overwrite", False):
-            _say(quiet, f"SERAC checkpoint {out} already holds this training run; nothing to do")
-            return out
-        if not getattr(args, "overwrite", False):
+        if manifest.get("config", {}).get("run_key") == run.key and not setup.overwrite:
+            _say(setup.quiet, f"SERAC checkpoint {out} already holds this training run; nothing to do")
+            return False
+        if not setup.overwrite:
             raise ConfigurationError(f"{out} already holds a checkpoint from other settings; choose another --out or pass --overwrite")
-    state_dir = out / STATE_DIR
+    state_dir = setup.state_dir
     if state_dir.is_dir():
         previous = _read_json(state_dir / RUN_FILE)
-        if previous.get("run_key") != run_key:
-            if not getattr(args, "overwrite", False):
+        if previous.get("run_key") != run.key:
+            if not setup.overwrite:
                 raise ConfigurationError(
                     f"{out} holds an unfinished SERAC run with other settings; rerun with the same options to resume, "
                     "or pass --overwrite to start afresh"
                 )
             shutil.rmtree(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / RUN_FILE).write_text(json.dumps(dict(run, run_key=run_key), indent=2), encoding="utf-8")
+    (state_dir / RUN_FILE).write_text(json.dumps(dict(run.description, run_key=run.key), indent=2), encoding="utf-8")
+    return True
 
-    # Data: groups, then the features of every distinct question.
-    main_rows = read_rows(train_file)
-    aligned_rows = [read_rows(p) for p in aligned_files]
+
+def _load_data(setup: _Setup, encoder) -> _Data:
+    """Groups from the training (and aligned) files, then the features of every distinct question."""
+    config = setup.config
+    main_rows = read_rows(setup.train_file)
+    aligned_rows = [read_rows(p) for p in setup.aligned_files]
     limit = config["train_size"] + config["val_size"]
     groups = build_groups(main_rows[: limit * 2], [rows[: limit * 2] for rows in aligned_rows])
     train_groups, val_groups = split_groups(groups, config["train_size"], config["val_size"])
     texts = sorted({q for g in train_groups + val_groups for q in [g.anchor, *g.positives, *g.negatives]}, key=lambda t: (len(t), t))
     index = {text: i for i, text in enumerate(texts)}
     started = time.time()
-    features = encode_all(encoder, texts, state_dir / f"features-{encoder.key}", config["encode_batch_size"], quiet)
+    features = encode_all(encoder, texts, setup.state_dir / f"features-{encoder.key}", config["encode_batch_size"], setup.quiet)
     encode_seconds = time.time() - started
     train_data = IndexedGroups.build(train_groups, index)
     val_data = IndexedGroups.build(val_groups, index) if val_groups else train_data
+    return _Data(train_groups, val_groups, texts, features, encode_seconds, train_data, val_data)
 
-    # Head and optimiser, fresh or from the last saved state.
-    torch.manual_seed(seed)
-    head = ScopeHead(features.shape[1], config["proj_dim"], config["hidden"])
-    used = sorted(set(train_data.anchors.tolist()) | {i for options in train_data.positives for i in options})
-    head.set_statistics(features[used])
+
+def _initial_state(setup: _Setup, data: _Data) -> _State:
+    """The head (seeded here, so a fixed seed gives the same weights) with statistics of the training
+    features, and its optimiser; the last saved state when there is one."""
+    from bizsre_tasks.editing.scope_classifier import ScopeHead
+
+    config = setup.config
+    torch.manual_seed(setup.seed)
+    head = ScopeHead(data.features.shape[1], config["proj_dim"], config["hidden"])
+    used = sorted(set(data.train.anchors.tolist()) | {i for options in data.train.positives for i in options})
+    head.set_statistics(data.features[used])
     optimiser = torch.optim.AdamW(head.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    start_step, losses = 0, []
-    state_path = state_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        head.load_state_dict(state["head"])
-        optimiser.load_state_dict(state["optimiser"])
-        start_step, losses = int(state["step"]), list(state["losses"])
-        _say(quiet, f"SERAC: resuming {out} at step {start_step}/{config['steps']}")
-    save_every = int(getattr(args, "save_every", None) or DEFAULTS["save_every"])
-    stop_after = getattr(args, "stop_after", None)
-    batch_size = min(config["batch_size"], len(train_groups))
+    state = _State(head, optimiser, setup.state_dir / STATE_FILE)
+    if state.path.is_file():
+        saved = torch.load(state.path, map_location="cpu", weights_only=True)
+        head.load_state_dict(saved["head"])
+        optimiser.load_state_dict(saved["optimiser"])
+        state.step, state.losses = int(saved["step"]), list(saved["losses"])
+        _say(setup.quiet, f"SERAC: resuming {setup.out} at step {state.step}/{config['steps']}")
+    return state
+
+
+def _train_head(setup: _Setup, data: _Data, state: _State) -> float | None:
+    """Steps from the saved one to the last, saving the state every --save-every steps, at the end and at
+    --stop-after; the training seconds, or None when --stop-after ended it early."""
+    config, stop_after = setup.config, setup.stop_after
+    batch_size = min(config["batch_size"], len(data.train_groups))
     started = time.time()
-    bar = tqdm(total=config["steps"], initial=start_step, desc="SERAC: training scope classifier", unit="step", disable=quiet)
-    head.train()
-    for step in range(start_step, config["steps"]):
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        batch = torch.randperm(len(train_groups), generator=generator)[:batch_size]
-        loss = batch_loss(head, features, train_data, batch, generator, config["temperature"])
+    bar = tqdm(total=config["steps"], initial=state.step, desc="SERAC: training scope classifier", unit="step", disable=setup.quiet)
+    state.head.train()
+    for step in range(state.step, config["steps"]):
+        generator = torch.Generator().manual_seed(setup.seed * 1_000_003 + step)
+        batch = torch.randperm(len(data.train_groups), generator=generator)[:batch_size]
+        loss = batch_loss(state.head, data.features, data.train, batch, generator, config["temperature"])
         if not torch.isfinite(loss):
             raise ConfigurationError(f"SERAC training diverged at step {step} (loss {loss.item()}); lower --lr")
-        optimiser.zero_grad()
+        state.optimiser.zero_grad()
         loss.backward()
-        optimiser.step()
-        losses.append(round(loss.item(), 5))
+        state.optimiser.step()
+        state.losses.append(round(loss.item(), 5))
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}")
         done = step + 1
-        if done % save_every == 0 or done == config["steps"] or (stop_after is not None and done >= stop_after):
-            staging = state_path.with_suffix(".tmp")
-            torch.save({"step": done, "head": head.state_dict(), "optimiser": optimiser.state_dict(), "losses": losses}, staging)
-            staging.replace(state_path)
+        if done % setup.save_every == 0 or done == config["steps"] or (stop_after is not None and done >= stop_after):
+            staging = state.path.with_suffix(".tmp")
+            torch.save({"step": done, "head": state.head.state_dict(), "optimiser": state.optimiser.state_dict(), "losses": state.losses}, staging)
+            staging.replace(state.path)
         if stop_after is not None and done >= stop_after and done < config["steps"]:
             bar.close()
-            _say(quiet, f"SERAC: stopped after step {done} (--stop-after); run again to resume")
-            return out
+            _say(setup.quiet, f"SERAC: stopped after step {done} (--stop-after); run again to resume")
+            return None
     bar.close()
-    train_seconds = time.time() - started
+    return time.time() - started
+
+
+def _write_checkpoint(setup: _Setup, encoder: _Encoder, run: _Run, data: _Data, state: _State, train_seconds: float) -> None:
+    """The held-out threshold, then the checkpoint folder with its metrics."""
+    head = state.head
     head.eval()
-    threshold, metrics = choose_threshold(head, features, val_data, seed)
+    threshold, metrics = choose_threshold(head, data.features, data.val, setup.seed)
     metrics.update(
         {
-            "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 5),
-            "encode_seconds": round(encode_seconds, 1),
+            "final_loss": round(sum(state.losses[-20:]) / max(1, len(state.losses[-20:])), 5),
+            "encode_seconds": round(data.encode_seconds, 1),
             "train_seconds": round(train_seconds, 1),
-            "train_groups": len(train_groups),
-            "val_groups": len(val_groups),
-            "texts_encoded": len(texts),
+            "train_groups": len(data.train_groups),
+            "val_groups": len(data.val_groups),
+            "texts_encoded": len(data.texts),
         }
     )
-    records_used = len(train_groups) + len(val_groups)
-    for entry in data_files:
+    records_used = len(data.train_groups) + len(data.val_groups)
+    for entry in run.data_files:
         entry["records"] = records_used
     info = CheckpointInfo(
         method=METHOD,
-        base_model_name=str(getattr(args, "pretrained", None) or model_path),
-        base_model_fingerprint=fingerprint,
-        edit_lang=edit_lang,
-        train_data=data_files,
-        config=dict(config, threshold=threshold, encoder_key=encoder.key, dim=int(features.shape[1]), run_key=run_key),
+        base_model_name=str(setup.pretrained or encoder.model_path),
+        base_model_fingerprint=encoder.fingerprint,
+        edit_lang=setup.edit_lang,
+        train_data=run.data_files,
+        config=dict(setup.config, threshold=threshold, encoder_key=encoder.encoder.key, dim=int(data.features.shape[1]), run_key=run.key),
         metrics=metrics,
     )
     tensors = {f"head.{name}": tensor for name, tensor in head.state_dict().items()}
-    save_checkpoint(out, info, tensors)
+    save_checkpoint(setup.out, info, tensors)
     _say(
-        quiet,
-        f"SERAC checkpoint written to {out}: threshold {threshold:.3f}, held-out balanced accuracy "
-        f"{metrics.get('val_balanced_accuracy')} (encoding {encode_seconds:.0f} s, training {train_seconds:.0f} s)",
+        setup.quiet,
+        f"SERAC checkpoint written to {setup.out}: threshold {threshold:.3f}, held-out balanced accuracy "
+        f"{metrics.get('val_balanced_accuracy')} (encoding {data.encode_seconds:.0f} s, training {train_seconds:.0f} s)",
     )
-    return out
 
 
 def _read_json(path: Path) -> dict:
