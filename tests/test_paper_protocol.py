@@ -223,7 +223,7 @@ def test_a_shared_prefix_runs_once_and_answers_as_the_full_prompts(fixture, requ
         kind = paper_protocol.variant(name)
         tokens = []
         for prompt in paper_protocol.paper_prompts(tokenizer, question, answer, kind):
-            ids = paper_protocol._prompt_ids(tokenizer, prompt, prefix, None)
+            ids = paper_answers._prompt_ids(tokenizer, prompt, prefix, None)
             tokens.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
         expected.append(kind.normalise(tokenizer.decode(tokens, skip_special_tokens=True)))
     widths = []
@@ -231,7 +231,7 @@ def test_a_shared_prefix_runs_once_and_answers_as_the_full_prompts(fixture, requ
                                                     with_kwargs=True)
     questions, answers, names = zip(*QUESTIONS)
     try:
-        got = paper_protocol.paper_answers(model, tokenizer, list(questions), list(answers), list(names), [prefix] * len(QUESTIONS), batch_size=2)
+        got = paper_answers.paper_answers(model, tokenizer, list(questions), list(answers), list(names), [prefix] * len(QUESTIONS), batch_size=2)
     finally:
         handle.remove()
     assert got == expected
