@@ -4,7 +4,7 @@ For every Bi-ZsRE case in the requests the harness hands over, the wrapper
 1. answers the case's locality questions with the unedited model (the pre-edit answers),
 2. applies the chosen method's edit once, built from the edit-language part of the case,
 3. answers every request of that case from every selected task, batched,
-4. restores the model (bit for bit; `verify_restore=true` checks it with a checksum).
+4. restores the model (bit for bit; `verify_restore=true` checks it against a copy of the weights).
 Weight methods take the cases in chunks of `edit_batch`: the chunk's pre-edit answers are batched,
 the method may prepare the chunk's edits together (`precompute`), then every case is edited,
 answered and restored in turn. Weight-free methods (IKE, SERAC, none) are batched across cases: a chunk's
@@ -56,6 +56,7 @@ from bizsre_tasks.wrapper.prefix_cache import (
     shared_prefix_answers,
     shared_prefix_groups,
 )
+from bizsre_tasks.wrapper.restore_check import WeightSnapshot
 from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
 
 logger = logging.getLogger(__name__)
@@ -331,13 +332,15 @@ class EditedHFLM(HFLM):
         self._progress, cases_done = progress, len(cases) - len(todo)
         if todo:
             self.editor.ensure_prepared()
-        reference = model_checksum(self.model) if self.verify_restore and self.editor.modifies_weights else None
+        reference = WeightSnapshot(self.model) if self.verify_restore and self.editor.modifies_weights else None
 
         def finished(chunk: list[CaseWork]) -> None:
             """Checks and stores answered cases at once, so that an interrupted run loses none of them."""
             nonlocal cases_done
-            if reference is not None and model_checksum(self.model) != reference:
-                raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {chunk[-1].case_key}")
+            changed = reference.first_change(self.model) if reference is not None else None
+            if changed is not None:
+                raise RuntimeError(f"method '{self.method_name}' did not restore the model exactly after case {chunk[-1].case_key}: "
+                                   f"{changed} differs from before the first edit")
             if store is not None:
                 for case in chunk:
                     store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key))

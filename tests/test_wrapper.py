@@ -46,7 +46,8 @@ def test_weight_methods_get_each_chunk_to_precompute_before_its_edits(tiny_gpt2,
 
 
 def test_restoration_is_verified(tiny_gpt2):
-    with pytest.raises(RuntimeError, match="did not restore the model exactly"):
+    # the leaky method adds noise to layer 0's MLP output weight and never takes it back
+    with pytest.raises(RuntimeError, match=r"did not restore the model exactly after case .*: transformer\.h\.0\.mlp\.c_proj\.weight differs"):
         run_harness(_args(tiny_gpt2, method="leaky", verify_restore=True), ["bizsre_reliability"], limit=2)
 
 
