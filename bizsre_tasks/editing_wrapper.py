@@ -9,6 +9,8 @@ Weight methods take the cases in chunks of `edit_batch`: the chunk's pre-edit an
 the method may prepare the chunk's edits together (`precompute`), then every case is edited,
 answered and restored in turn. Weight-free methods (IKE, SERAC, none) are batched across cases: a chunk's
 edits are applied, then its pre-edit and post-edit questions answered in one call.
+That is `edit_mode=single`; `sequential` lets the edits accumulate and `batch` installs several at once
+(`wrapper/edit_modes.py`, docs/edited-hf.md).
 
 The wrapper knows nothing of any method's internals: it talks to them through
 `bizsre_tasks.editing.base.EditingMethod`.
@@ -31,7 +33,12 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessorList
 
 from bizsre_tasks.default_model import resolve_pretrained
-from bizsre_tasks.editing.base import AppliedEdit, EditFailedError, EditingContext
+from bizsre_tasks.editing.base import (
+    AppliedEdit,
+    EditFailedError,
+    EditingContext,
+    EditStack,
+)
 from bizsre_tasks.editing.common import context_limit
 from bizsre_tasks.editing.layout import ModelLayout
 from bizsre_tasks.editing.registry import (
@@ -44,7 +51,7 @@ from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import paper_protocol, provenance, run_state
 from bizsre_tasks.tasks.answer_lines import EndAfterFirstLine
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
-from bizsre_tasks.wrapper import batch_sizing, paper_answers, preflight
+from bizsre_tasks.wrapper import batch_sizing, edit_modes, paper_answers, preflight
 from bizsre_tasks.wrapper.answer_store import (
     AnswerStore,
     request_signature,
@@ -144,6 +151,8 @@ class EditedHFLM(HFLM):
         answer_store: str | None = None,
         cross_case_batch: int = 32,
         edit_batch: int = 4,
+        edit_mode: str = "single",
+        edits_per_batch: int = edit_modes.DEFAULT_EDITS_PER_BATCH,
         **kwargs: Any,
     ) -> None:
         test_file = kwargs.get("test_file")
@@ -163,6 +172,7 @@ class EditedHFLM(HFLM):
         if test_file:  # the tasks read it only after the model is loaded
             preflight.check_test_file(test_file, edit_lang)
         cross_case_batch, edit_batch = _positive_int("cross_case_batch", cross_case_batch), _positive_int("edit_batch", edit_batch)
+        edit_mode, edits_per_batch = edit_modes.check_edit_mode(edit_mode, edits_per_batch)
         user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
@@ -172,6 +182,8 @@ class EditedHFLM(HFLM):
             os.environ.setdefault("ACCELERATE_USE_CPU", "1")
         super().__init__(pretrained=resolve_pretrained(pretrained, cache_dir), **kwargs)
         self._adopt_cpu_processes()
+        edit_modes.check_world_size(edit_mode, self.world_size)
+        self.edit_mode, self.edits_per_batch = edit_mode, edits_per_batch
         self.model.requires_grad_(False)
         self.method_name = method
         self.edit_lang = edit_lang
@@ -279,13 +291,19 @@ class EditedHFLM(HFLM):
         return answers
 
     def _apply(self, case: CaseWork) -> AppliedEdit:
-        torch.manual_seed(self.seed + case.case_number)
-        self.edit_count += 1
+        return self._install([case], lambda: self.editor.apply(case.edit))
+
+    def _install(self, cases: list[CaseWork], install) -> AppliedEdit:
+        """`install()` (the method installing the edits of `cases`), seeded from the first case; a failed edit
+        is recorded for every case of `cases` and nothing is left in force."""
+        torch.manual_seed(self.seed + cases[0].case_number)
+        self.edit_count += len(cases)
         try:
             with context_limit(self.model, self.max_length):  # a method's own additions must fit too
-                return self.editor.apply(case.edit)
+                return install()
         except EditFailedError as exc:
-            self._record_failure(case, str(exc))
+            for case in cases:
+                self._record_failure(case, str(exc))
             return AppliedEdit()
 
     def _record_failure(self, case: CaseWork, reason: str) -> None:
@@ -300,8 +318,9 @@ class EditedHFLM(HFLM):
             requests, cases, self.tokenizer, self.max_length, self.protocol, self.max_gen_toks, check_edits=self.method_name != "none"
         )
         run_state.FAILED_EDITS.clear()  # the harness asks once per evaluation; older failures are not ours
+        run_state.IMMEDIATE_ANSWERS.clear()
         answers: list[str | None] = [None] * len(requests)
-        store = self._answer_store()
+        store = self._answer_store([case.case_key for case in cases])
         signatures: dict[int, str] = {}
         if store is not None:
             for case in cases:
@@ -315,6 +334,8 @@ class EditedHFLM(HFLM):
             self._store(answers, case.indices, [entry["answers"][signatures[i]] for i in case.indices])
             if entry.get("failure"):
                 self._record_failure(case, entry["failure"])
+            if entry.get("immediate") is not None:
+                run_state.record_immediate(case.case_key, entry["immediate"])
         if store is not None and len(todo) < len(cases):
             logger.info("answer store %s: %d of %d cases already answered, resuming", store.path, len(cases) - len(todo), len(cases))
         # Counts answers, not cases: a weight-free chunk of many cases is answered in slices that each
@@ -334,7 +355,7 @@ class EditedHFLM(HFLM):
             self.editor.ensure_prepared()
         reference = WeightSnapshot(self.model) if self.verify_restore and self.editor.modifies_weights else None
 
-        def finished(chunk: list[CaseWork]) -> None:
+        def finished(chunk: list[CaseWork], immediate: dict[str, str] | None = None) -> None:
             """Checks and stores answered cases at once, so that an interrupted run loses none of them."""
             nonlocal cases_done
             changed = reference.first_change(self.model) if reference is not None else None
@@ -343,11 +364,27 @@ class EditedHFLM(HFLM):
                                    f"{changed} differs from before the first edit")
             if store is not None:
                 for case in chunk:
-                    store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key))
+                    store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key),
+                                 (immediate or {}).get(case.case_key))
             cases_done += len(chunk)
             progress.set_postfix_str(f"cases {cases_done}/{len(cases)}")
 
-        if self.editor.modifies_weights:
+        if self.edit_mode == "sequential":
+            if todo and len(todo) < len(cases):
+                raise ConfigurationError(
+                    f"answer store {store.path} holds {len(cases) - len(todo)} of the {len(cases)} cases of an interrupted "
+                    "edit_mode=sequential run; it cannot be resumed, since every answer depends on all the edits before it. "
+                    f"Delete {store.path} to run the sequence again from the start."
+                )
+            if todo:
+                self._answer_sequence(requests, todo, answers, finished)
+        elif self.edit_mode == "batch":
+            # Batches are cut from every case, not from those left, so a resumed run installs the same edits together.
+            for start in range(0, len(cases), self.edits_per_batch):
+                batch = cases[start : start + self.edits_per_batch]
+                if any(id(case) in waiting for case in batch):
+                    self._answer_batch(requests, batch, answers, finished)
+        elif self.editor.modifies_weights:
             for start in range(0, len(todo), self.edit_batch):
                 self._answer_edited_chunk(requests, todo[start : start + self.edit_batch], answers, finished)
         else:
@@ -408,6 +445,69 @@ class EditedHFLM(HFLM):
             done = clock()
         self._record_timing(cases, answer_started - started, restore_started - answer_started, done - restore_started)
 
+    def _answer_batch(self, requests: list, cases: list[CaseWork], answers: list, finished) -> None:
+        """edit_mode=batch: pre-edit answers, the cases' edits installed together (`apply_many`), every
+        post-edit answer, restore. No `precompute`: a method's prepared work for one edit would be stale once
+        the others are in force."""
+        clock = time.perf_counter
+        started = clock()
+        self._answer_pre_edit(requests, cases, answers)
+        applied = self._install(cases, lambda: self.editor.apply_many([case.edit for case in cases]))
+        answer_started = clock()
+        try:
+            post = [i for case in cases for i in case.post_edit]
+            self._answer_and_store(requests, post, [applied] * len(post), answers)
+        finally:
+            restore_started = clock()
+            applied.restore()
+            done = clock()
+        self._record_timing(cases, answer_started - started, restore_started - answer_started, done - restore_started)
+        finished(cases)
+
+    def _answer_sequence(self, requests: list, cases: list[CaseWork], answers: list, finished) -> None:
+        """edit_mode=sequential: every pre-edit answer on the unedited model; then the edits one after another
+        with no restore between them, each case's reliability questions answered right after its own edit
+        (the immediate answers); every post-edit question after the last edit; then the restores, in reverse.
+
+        A weight method's edits pile up in the weights (`apply` per case, without `precompute`, which runs
+        on the unedited model). A weight-free method's edits live in its handle, so after each case the
+        previous handle is restored and `apply_many` gets every edit so far (the method's memory)."""
+        clock = time.perf_counter
+        started = clock()
+        self._answer_pre_edit(requests, cases, answers)
+        handles: list[AppliedEdit] = []
+        remembered: list = []  # weight-free: the requests whose edits succeeded, in order
+        immediate: dict[str, str] = {}
+        self.editor.begin_sequence()
+        try:
+            for case in cases:
+                if self.editor.modifies_weights:
+                    handles.append(self._apply(case))
+                else:
+                    for handle in handles:
+                        handle.restore()
+                    handle = self._install([case], lambda: self.editor.apply_many(remembered + [case.edit]))
+                    if case.case_key in run_state.FAILED_EDITS:  # its edit failed: keep the others
+                        handle = self.editor.apply_many(remembered) if remembered else AppliedEdit()
+                    else:
+                        remembered.append(case.edit)
+                    handles = [handle]
+                in_force = EditStack(handles)
+                for answer in self._answer(requests, case.reliability, [in_force] * len(case.reliability)):
+                    immediate[case.case_key] = answer
+                    run_state.record_immediate(case.case_key, answer)
+            answer_started = clock()
+            post = [i for case in cases for i in case.post_edit]
+            self._answer_and_store(requests, post, [in_force] * len(post), answers)
+        finally:
+            restore_started = clock()
+            for handle in reversed(handles):
+                handle.restore()
+            self.editor.end_sequence()
+            done = clock()
+        self._record_timing(cases, answer_started - started, restore_started - answer_started, done - restore_started)
+        finished(cases, immediate)
+
     def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
         pre = [i for case in cases for i in case.pre_edit]
         self._answer_and_store(requests, pre, [AppliedEdit()] * len(pre), answers)
@@ -452,7 +552,7 @@ class EditedHFLM(HFLM):
         torch.manual_seed(self.seed)
         return self.editor.apply_batch([case.edit for case in cases])
 
-    def _answer_store(self) -> AnswerStore | None:
+    def _answer_store(self, case_keys: list[str]) -> AnswerStore | None:
         if not self.answer_store_dir:
             return None
         identity_parts = {
@@ -464,6 +564,7 @@ class EditedHFLM(HFLM):
             "protocol": self.protocol,
             "seed": self.seed,
             "version": PACKAGE_VERSION,
+            **edit_modes.identity_parts(self.edit_mode, self.edits_per_batch, case_keys),
         }
         return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank)
 

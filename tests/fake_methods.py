@@ -85,3 +85,50 @@ class SlowLoggedEdit(CountingWeightEdit):
         with open(self.hparams["log_file"], "a") as handle:
             handle.write(request.case_key + "\n")
         return super().apply(request)
+
+
+class StackingWeightEdit(CountingWeightEdit):
+    """Keeps a record of the edits in force (`in_force`, case keys in order) and of `apply_many` calls and
+    restores (`log`), for the edit-mode tests; `crash_on_case` raises a non-edit error (a killed run)."""
+
+    name = "stacking"
+    default_hparams = {**CountingWeightEdit.default_hparams, "crash_on_case": -1}
+    in_force: list[str] = []
+    log: list[tuple] = []
+
+    def apply(self, request):
+        if int(request.case_key.rsplit(":", 1)[-1]) == self.hparams["crash_on_case"]:
+            raise RuntimeError("injected crash")
+        edit = super().apply(request)
+        stack = type(self).in_force
+        stack.append(request.case_key)
+        log = type(self).log
+
+        class _Tracked(AppliedEdit):
+            def restore(self) -> None:
+                edit.restore()
+                stack.remove(request.case_key)
+                log.append(("restore", request.case_key))
+
+        return _Tracked()
+
+    def apply_many(self, requests):
+        type(self).log.append(("apply_many", [request.case_key for request in requests]))
+        return super().apply_many(requests)
+
+    def begin_sequence(self):
+        type(self).log.append(("begin_sequence",))
+
+    def end_sequence(self):
+        type(self).log.append(("end_sequence",))
+
+
+class RememberingPrefixEdit(PromptPrefixEdit):
+    """The weight-free fake, recording the size of every `apply_many` (its memory of edits)."""
+
+    name = "remembering"
+    sizes: list[int] = []
+
+    def apply_many(self, requests):
+        type(self).sizes.append(len(requests))
+        return super().apply_many(requests)

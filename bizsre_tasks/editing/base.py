@@ -6,6 +6,12 @@ test case (weight methods first get `precompute(requests)` for each chunk of upc
 (`rewrite_prompt` lets in-context methods change the prompt, weight methods leave it alone) and
 calls `restore()` before the next case. Methods that change weights must make `restore()` put every
 touched tensor back bit for bit; `WeightBackup` does that for them.
+
+Edit modes (model_arg `edit_mode`, docs/edited-hf.md): `batch` installs several edits together through
+`apply_many`; `sequential` wraps its run in `begin_sequence()` / `end_sequence()` and never calls
+`precompute`. There a weight method's edits pile up (`apply` case after case, restored in reverse at the
+end); a weight-free method's edits live in its handles, so after each case the wrapper restores the
+previous handle and asks `apply_many` for every edit so far (its memory of all facts).
 """
 
 from __future__ import annotations
@@ -91,6 +97,29 @@ class AppliedEdit:
         return None
 
 
+class EditStack(AppliedEdit):
+    """Several edits in force together (`apply_many`'s default): prompts are rewritten by each in the order
+    applied, and `restore` undoes them in reverse, so stacked weight backups put back the original bits."""
+
+    def __init__(self, edits: list[AppliedEdit]):
+        self.edits = list(edits)
+
+    @property
+    def shared_prefix(self) -> str | None:
+        # Each rewrite puts its prefix in front of the previous result: the last edit's text comes first.
+        prefixes = [edit.shared_prefix for edit in self.edits]
+        return "".join(reversed(prefixes)) if prefixes and all(p is not None for p in prefixes) else None
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        for edit in self.edits:
+            prompt = edit.rewrite_prompt(prompt)
+        return prompt
+
+    def restore(self) -> None:
+        for edit in reversed(self.edits):
+            edit.restore()
+
+
 class WeightBackup:
     """Exact copies of the tensors an edit is about to change; `restore` copies them back bit for bit."""
 
@@ -168,3 +197,24 @@ class EditingMethod(ABC):
     def apply_batch(self, requests: list[EditRequest]) -> list[AppliedEdit]:
         """Weight-free methods may install several edits at once; weight methods never get here."""
         return [self.apply(request) for request in requests]
+
+    def apply_many(self, requests: list[EditRequest]) -> AppliedEdit:
+        """Install several edits together and return one handle for all of them (`edit_mode=batch`, and a
+        weight-free method's memory in `edit_mode=sequential`). Default: `apply` one after another; the
+        handle's `restore` undoes them in reverse order. If one fails, those before it are restored and
+        the EditFailedError is raised. MEMIT-style methods override it with one joint update."""
+        applied: list[AppliedEdit] = []
+        try:
+            for request in requests:
+                applied.append(self.apply(request))
+        except BaseException:
+            EditStack(applied).restore()
+            raise
+        return EditStack(applied)
+
+    def begin_sequence(self) -> None:
+        """Called before the first edit of an `edit_mode=sequential` run (edits then accumulate without
+        restores until the end). Default: nothing."""
+
+    def end_sequence(self) -> None:
+        """Called after a sequential run's edits have all been restored. Default: nothing."""

@@ -13,12 +13,19 @@ No weight changes: every question of a case is asked after k demonstrations and 
 Demonstrations come from a training file in the edit language (see `demonstrations.py`), picked by
 similarity to the edit question; the pool is encoded once per (training file, encoder) and cached
 under `<cache_root>/ike/`.
+
+Several edits in force (`apply_many`: edit_mode=batch, and the memory of all edits so far under
+edit_mode=sequential): every question is asked after the k demonstrations of the remembered fact most
+similar to it and the `MEMORY_FACTS` most similar facts as "New Fact" lines, the most similar last, so
+the prompt stays bounded however many edits accumulate.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+
+import torch
 
 from bizsre_tasks import default_model
 from bizsre_tasks.editing.base import AppliedEdit, EditingMethod, EditRequest
@@ -28,6 +35,7 @@ from bizsre_tasks.editing.demonstrations import (
     fact_line,
     format_demonstration,
 )
+from bizsre_tasks.editing.scope_classifier import question_from_prompt
 from bizsre_tasks.editing.tensors.encoders import ENCODERS, build_encoder
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import data_loading, prompts
@@ -49,6 +57,32 @@ class InContextEdit(AppliedEdit):
 
     def rewrite_prompt(self, prompt: str) -> str:
         return self.context_text + prompt
+
+
+class InContextMemory(AppliedEdit):
+    """Several facts in force: each prompt is preceded by the facts most similar to its question (at most
+    `MEMORY_FACTS`, the most similar last, just before the prompt), after the demonstrations chosen for
+    that most similar fact. The text depends on the question, so there is no shared prefix."""
+
+    def __init__(self, method: InContextEditing, requests: list[EditRequest], keys):
+        self.method = method
+        self.requests = requests
+        self.keys = torch.nn.functional.normalize(keys.float(), dim=-1)
+        self.queries = keys
+        self._demos: dict[int, str] = {}
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        method = self.method
+        query = method.encoder.encode([question_from_prompt(prompt)], batch_size=1)[0]
+        scores = self.keys @ torch.nn.functional.normalize(query.float(), dim=-1)
+        chosen = scores.argsort(descending=True)[: method.MEMORY_FACTS].tolist()[::-1]  # most similar last
+        top = chosen[-1]
+        if top not in self._demos:
+            self._demos[top] = method.demonstrations_text(self.requests[top], self.queries[top])
+        label = method.hparams["fact_label"]
+        facts = "".join(fact_line(method.edit_question(self.requests[i]), self.requests[i].target, self.requests[i].lang, label) + "\n"
+                        for i in chosen)
+        return self._demos[top] + facts + prompt
 
 
 def resolve_pool_source(context_train_file: str | None, hparam_train_file: str) -> Path | None:
@@ -92,6 +126,10 @@ class InContextEditing(EditingMethod):
         "edit_demo": False,  # also show the new fact as a copy demonstration before its fact line (the seed's prompt)
     }
 
+    # At most this many remembered facts before a question when several edits are in force (a class
+    # constant, not a hparam, so that single-edit runs keep their answer-store identity).
+    MEMORY_FACTS = 4
+
     def __init__(self, context, hparams):
         super().__init__(context, hparams)
         self.pool: DemonstrationPool | None = None
@@ -123,7 +161,7 @@ class InContextEditing(EditingMethod):
     def edit_question(request: EditRequest) -> str:
         return prompts.clean_question(request.question) if request.question else request.prompt
 
-    def context_text(self, request: EditRequest, query) -> str:
+    def demonstrations_text(self, request: EditRequest, query) -> str:
         question = self.edit_question(request)
         ratio = tuple(float(x) for x in self.hparams["ratio"])
         demos = self.pool.select(query, self.hparams["k"], ratio, exclude_question=question,
@@ -131,8 +169,11 @@ class InContextEditing(EditingMethod):
         if self.hparams["edit_demo"]:
             demos.append(Demonstration("copy", question, request.target, question, request.target))
         label = self.hparams["fact_label"]
-        text = "".join(format_demonstration(demo, self.pool.lang, label) for demo in demos)
-        return text + fact_line(question, request.target, request.lang, label) + "\n"
+        return "".join(format_demonstration(demo, self.pool.lang, label) for demo in demos)
+
+    def context_text(self, request: EditRequest, query) -> str:
+        fact = fact_line(self.edit_question(request), request.target, request.lang, self.hparams["fact_label"])
+        return self.demonstrations_text(request, query) + fact + "\n"
 
     def apply(self, request: EditRequest) -> AppliedEdit:
         return self.apply_batch([request])[0]
@@ -143,3 +184,11 @@ class InContextEditing(EditingMethod):
             return []
         queries = self.encoder.encode([self.edit_question(r) for r in requests], batch_size=self.hparams["encode_batch_size"])
         return [InContextEdit(self.context_text(request, query)) for request, query in zip(requests, queries)]
+
+    def apply_many(self, requests: list[EditRequest]) -> AppliedEdit:
+        """All `requests` in force together; one request is an ordinary edit (see InContextMemory)."""
+        self.ensure_prepared()
+        if len(requests) <= 1:
+            return self.apply(requests[0]) if requests else AppliedEdit()
+        queries = self.encoder.encode([self.edit_question(r) for r in requests], batch_size=self.hparams["encode_batch_size"])
+        return InContextMemory(self, list(requests), queries)

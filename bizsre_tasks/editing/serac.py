@@ -9,6 +9,11 @@ et al. 2022, "Memory-Based Model Editing at Scale"), fitted to the per-case prot
   before the prompt; optionally preceded by `demonstrations` IKE demonstrations). Out-of-scope
   questions go to the unedited base model: their prompt is returned unchanged.
 No weights change.
+
+Several edits in force (`apply_many`: edit_mode=batch, and the memory of every edit so far under
+edit_mode=sequential): all are stored, and each question goes to the counterfactual model conditioned on
+the stored edit the scope classifier finds closest to it, if that one is in scope (as in the paper's
+memory of many edits); otherwise to the base model.
 """
 
 from __future__ import annotations
@@ -47,6 +52,30 @@ class SeracEdit(AppliedEdit):
 
     def restore(self) -> None:
         self.method.forget(self.request)
+
+
+class SeracMemory(AppliedEdit):
+    """Several edits in memory: a prompt is routed by its closest stored edit (`Serac.closest_in_scope`)."""
+
+    def __init__(self, method: Serac, requests: list[EditRequest]):
+        self.method = method
+        self.requests = list(requests)
+        self.edit_questions = [method.edit_question(request) for request in self.requests]
+        self.routed: dict[str, int | None] = {}
+        self._contexts: dict[int, str] = {}
+
+    def rewrite_prompt(self, prompt: str) -> str:
+        chosen = self.method.closest_in_scope(self.edit_questions, question_from_prompt(prompt))
+        self.routed[prompt] = chosen
+        if chosen is None:
+            return prompt
+        if chosen not in self._contexts:
+            self._contexts[chosen] = self.method.counterfactual_context(self.requests[chosen])
+        return self._contexts[chosen] + prompt
+
+    def restore(self) -> None:
+        for request in self.requests:
+            self.method.forget(request)
 
 
 class Serac(EditingMethod):
@@ -124,6 +153,24 @@ class Serac(EditingMethod):
         self.ensure_prepared()
         self.memory.append(request)
         return SeracEdit(self, request, self.counterfactual_context(request))
+
+    def apply_many(self, requests: list[EditRequest]) -> AppliedEdit:
+        self.ensure_prepared()
+        if len(requests) <= 1:
+            return self.apply(requests[0]) if requests else AppliedEdit()
+        self.memory.extend(requests)
+        return SeracMemory(self, requests)
+
+    def closest_in_scope(self, edit_questions: list[str], question: str) -> int | None:
+        """The index of the stored edit closest to `question` (the same question first), if it is in scope."""
+        cleaned = prompts.clean_question(question)
+        for index, edit_question in enumerate(edit_questions):
+            if prompts.clean_question(edit_question) == cleaned:
+                return index
+        vectors = self.classifier.embed([question] + edit_questions)
+        scores = vectors[1:] @ vectors[0]
+        best = int(scores.argmax())
+        return best if float(scores[best]) >= self.classifier.threshold else None
 
     def forget(self, request: EditRequest) -> None:
         if request in self.memory:

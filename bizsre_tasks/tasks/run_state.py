@@ -1,5 +1,6 @@
 """State of the current process shared between the model and the tasks' scoring: failed edits (the
-`edit_failed` metric of bizsre_reliability) and the protocols an `edited-hf` model answers.
+`edit_failed` metric of bizsre_reliability), a sequential run's immediate reliability answers
+(`f1_immediate`) and the protocols an `edited-hf` model answers.
 
 Both run in the same process: the harness scores each rank's documents where they were answered.
 """
@@ -28,3 +29,17 @@ def record_wrapper_protocol(protocol: str) -> None:
 
 def wrapper_answers(protocol: str) -> bool:
     return protocol in WRAPPER_PROTOCOLS
+
+
+# edit_mode=sequential: each case's reliability answer taken right after its own edit (case key ->
+# answer), scored as `f1_immediate` / `em_immediate`; without one (single and batch modes, the plain
+# `hf` model) the immediate answer is the answer itself.
+IMMEDIATE_ANSWERS: dict[str, str] = {}
+
+
+def record_immediate(case_key: str, answer: str) -> None:
+    IMMEDIATE_ANSWERS[case_key] = answer
+
+
+def immediate_answer(case_key: str) -> str | None:
+    return IMMEDIATE_ANSWERS.get(case_key)

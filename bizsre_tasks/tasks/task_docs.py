@@ -24,6 +24,7 @@ from typing import Any
 
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import (
+    answer_lines,
     data_loading,
     metrics,
     paper_protocol,
@@ -225,4 +226,17 @@ def process_results(doc: dict[str, Any], results: list) -> dict[str, float]:
     scores["empty"] = _empty(answer)
     if doc["split"] == "reliability":
         scores["edit_failed"] = float(run_state.edit_failed(doc["case_key"]))
+        scores.update(_immediate_scores(doc, answer, scores))
     return scores
+
+
+def _immediate_scores(doc: dict[str, Any], answer: str, scores: dict[str, float]) -> dict[str, float]:
+    """`f1_immediate` / `em_immediate`: the reliability answer taken right after the case's own edit
+    (edit_mode=sequential, where `f1` is taken after the last edit); the answer itself otherwise."""
+    immediate = run_state.immediate_answer(doc["case_key"])
+    if immediate is None:
+        return {"f1_immediate": scores["f1"], "em_immediate": scores["em"]}
+    if doc.get("protocol", "generate") in answer_lines.GENERATED_PROTOCOLS:  # as the task's filter does
+        immediate = answer_lines.first_nonempty_line(immediate)
+    again = score(immediate, gold_answer(doc), doc)
+    return {"f1_immediate": again["f1"], "em_immediate": again["em"]}

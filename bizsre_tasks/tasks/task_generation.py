@@ -78,6 +78,8 @@ def task_config(split: str, lang: str | None, bound_file: str | None = None) -> 
     config["filter_list"] = [{"name": "none", "filter": [{"function": "take_first_k", "k": answers_per_doc}, answer_filter]}]
     if split == "reliability":
         config["metric_list"].append(_metric("edit_failed", higher_is_better=False))
+        # Under edit_mode=sequential: scored right after the case's own edit, before the later ones.
+        config["metric_list"] += [_metric("f1_immediate"), _metric("em_immediate")]
     if split == "locality":
         # Two answers per document: unedited model first, edited model second.
         config["repeats"] = answers_per_doc

@@ -55,8 +55,11 @@ class AnswerStore:
             return entry
         return None
 
-    def record(self, case_key: str, answers: dict[str, str], failure: str | None) -> None:
-        entry = {"case_key": case_key, "answers": answers, "failure": failure}
+    def record(self, case_key: str, answers: dict[str, str], failure: str | None, immediate: str | None = None) -> None:
+        """`immediate`: edit_mode=sequential's reliability answer right after the case's own edit."""
+        entry: dict[str, Any] = {"case_key": case_key, "answers": answers, "failure": failure}
+        if immediate is not None:
+            entry["immediate"] = immediate
         self.cases[case_key] = entry
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, ensure_ascii=False) + "\n")

@@ -22,6 +22,7 @@ class CaseWork:
     pre_edit: list[int] = field(default_factory=list)  # request indices answered before the edit
     post_edit: list[int] = field(default_factory=list)  # request indices answered under the edit
     occurrence: dict[int, int] = field(default_factory=dict)  # request index -> how often it was seen before
+    reliability: list[int] = field(default_factory=list)  # post-edit indices of reliability documents (f1_immediate)
 
     @property
     def indices(self) -> list[int]:
@@ -66,4 +67,6 @@ def plan_cases(requests: list[Any]) -> list[CaseWork]:
             work.pre_edit.append(index)
         else:
             work.post_edit.append(index)
+            if doc.get("split") == "reliability":
+                work.reliability.append(index)
     return list(cases.values())
