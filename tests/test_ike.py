@@ -259,3 +259,17 @@ def test_shared_prefix_answers_match_full_teacher_forcing(tiny, tmp_path):
     targets = [" Jane Doe", "简", " France"]
     full = teacher_forced_answers(model, tokenizer, [applied.rewrite_prompt(p) for p in prompts_], targets)
     assert shared_prefix_answers(model, tokenizer, applied.shared_prefix, prompts_, targets) == full
+
+
+def test_several_edits_show_each_question_its_closest_facts_bounded(tiny, tmp_path):
+    from bizsre_tasks.editing.ike import InContextEditing
+
+    method = make_method(tiny, flat_train_file(tmp_path), k=0)
+    requests = [request(f"Who is the author of Blue Lotus volume {n}?", f"Author{n}") for n in range(6)]
+    assert method.apply_many(requests[:1]).rewrite_prompt(requests[0].prompt) == method.apply(requests[0]).rewrite_prompt(requests[0].prompt)
+    memory = method.apply_many(requests)
+    for req in requests:
+        text = memory.rewrite_prompt(req.prompt)
+        assert text.endswith(f"New Fact: {req.question} {req.target}\n{req.prompt}")  # its own fact, last
+        assert text.count("New Fact: ") == InContextEditing.MEMORY_FACTS  # bounded, not all six
+    assert memory.shared_prefix is None

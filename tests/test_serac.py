@@ -185,3 +185,24 @@ def test_serac_end_to_end_on_the_default_model(shared_test_file, tmp_path, monke
     results = run_harness(model_args, ["bizsre_reliability", "bizsre_locality_en"], limit=2)
     assert metric(results, "bizsre_reliability") >= 0.5
     assert metric(results, "bizsre_locality_en") >= 0.5
+
+
+def test_several_edits_route_each_question_to_its_closest_stored_edit(tiny_gemma, checkpoint):
+    method = make_serac(tiny_gemma, checkpoint, threshold=1.0)
+    cases = json.loads(SAMPLE_TEST_FILE.read_text(encoding="utf-8"))[:3]
+    requests = [
+        EditRequest(prompt=prompts.build_prompt(case["en"]["src"], "en"), target=f"Zorro{n}", subject=case["en"]["subject"], lang="en",
+                    target_separator=" ", question=case["en"]["src"])
+        for n, case in enumerate(cases)
+    ]
+    memory = method.apply_many(requests)
+    assert method.memory == requests
+    for req in requests:
+        assert memory.rewrite_prompt(req.prompt) == f"New Fact: {req.question} {req.target}\n{req.prompt}"
+    assert memory.rewrite_prompt("Question: What is the capital of France?\nAnswer:") == "Question: What is the capital of France?\nAnswer:"
+    method.classifier.threshold = -1.0  # every stored edit in scope: still only the closest one is used
+    for req in requests:
+        assert memory.rewrite_prompt(req.prompt) == f"New Fact: {req.question} {req.target}\n{req.prompt}"
+    assert memory.rewrite_prompt("Question: What is the capital of France?\nAnswer:").count("New Fact: ") == 1
+    memory.restore()
+    assert method.memory == []
