@@ -60,6 +60,8 @@ def test_sequential_edits_accumulate(tiny_gpt2):
     sequential = run_harness(_args(tiny_gpt2, method="counting", edit_mode="sequential"), tasks, limit=10)
     assert fake_methods.CountingWeightEdit.applied[-10:] == fake_methods.CountingWeightEdit.applied[:10]  # same order, once each
     assert any(a != b for task in tasks for a, b in zip(_answers(single, task), _answers(sequential, task)))
+    unedited = run_harness(_args(tiny_gpt2, method="none"), tasks, limit=10)
+    assert any(a != b for task in tasks for a, b in zip(_answers(unedited, task), _answers(sequential, task)))  # edits still in force
 
 
 def test_rome_sequence_restores_bitwise(tiny_gpt2, tmp_path, monkeypatch):
