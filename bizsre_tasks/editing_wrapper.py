@@ -486,6 +486,7 @@ class EditedHFLM(HFLM):
                 else:
                     for handle in handles:
                         handle.restore()
+                    handles = []
                     handle = self._install([case], lambda: self.editor.apply_many(remembered + [case.edit]))
                     if case.case_key in run_state.FAILED_EDITS:  # its edit failed: keep the others
                         handle = self.editor.apply_many(remembered) if remembered else AppliedEdit()

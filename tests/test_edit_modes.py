@@ -91,6 +91,7 @@ def test_verify_restore_checks_after_the_whole_sequence(tiny_gpt2, monkeypatch):
     restores = [key for kind, *key in log if kind == "restore"]
     applied = fake_methods.CountingWeightEdit.applied
     assert [key[0] for key in restores] == applied[::-1]  # in reverse order
+    assert [kind for kind, _ in fake_methods.CountingWeightEdit.events] == ["apply"] * 5  # no precompute on the unedited model
 
 
 def test_leaky_sequence_is_caught(tiny_gpt2, monkeypatch):

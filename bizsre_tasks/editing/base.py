@@ -188,7 +188,8 @@ class EditingMethod(ABC):
 
         The wrapper calls it with a chunk of cases (model_arg `edit_batch`) on the unedited model, then
         applies, answers and restores them one by one, so what is kept here must be computed against the
-        unedited weights. `apply` must work whether or not it was called. Default: nothing."""
+        unedited weights. `apply` must work whether or not it was called. Only `edit_mode=single` calls it.
+        Default: nothing."""
 
     @abstractmethod
     def apply(self, request: EditRequest) -> AppliedEdit:
