@@ -128,7 +128,7 @@ def test_sequence_keeps_earlier_edits_and_end_forgets(tiny_gemma, previous_edits
         if previous_edits == "protect":
             assert leak < 1e-10, (layer, leak)  # A's outputs unchanged to float precision
         else:  # the paper's soft penalty: much less than the update that does not know A
-            assert leak < 0.5 * (blind @ keys_a[layer].T).norm() / (blind.norm() * keys_a[layer].norm()), layer
+            assert leak < 0.05 * (blind @ keys_a[layer].T).norm() / (blind.norm() * keys_a[layer].norm()), layer
     second.restore()
     assert len(method._sequence) == 1  # a restored edit's keys are forgotten
 
