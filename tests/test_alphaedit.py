@@ -75,9 +75,10 @@ def test_projection_keeps_preserved_keys_and_moves_the_edited_one():
     assert (projected_update(narrowed, keys, residuals, 0.5) @ previous[:2].T).abs().max() < 1e-10
 
 
-# --- (b) end to end on a post-norm Gemma --------------------------------------------------------------
-def test_alphaedit_edits_tiny_gemma_inside_the_null_space_and_restores_bitwise(tiny_gemma):
-    method, model, tokenizer = _method("alphaedit", tiny_gemma, TINY)
+# --- (b) end to end on a post-norm Gemma and a Llama-----------------------------------------------------------
+@pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama"])
+def test_alphaedit_edits_inside_the_null_space_and_restores_bitwise(fixture, request):
+    method, model, tokenizer = _method("alphaedit", request.getfixturevalue(fixture), TINY)
     statistics = {}
     factor = method._factor
     method._factor = lambda layer, mom2: (statistics.setdefault(layer, mom2), factor(layer, mom2))[1]
