@@ -75,7 +75,7 @@ def test_projection_keeps_preserved_keys_and_moves_the_edited_one():
     assert (projected_update(narrowed, keys, residuals, 0.5) @ previous[:2].T).abs().max() < 1e-10
 
 
-# --- (b) end to end on a post-norm Gemma and a Llama-----------------------------------------------------------
+# --- (b) end to end on a post-norm Gemma and a Llama -------------------------------------------------
 @pytest.mark.parametrize("fixture", ["tiny_gemma", "tiny_llama"])
 def test_alphaedit_edits_inside_the_null_space_and_restores_bitwise(fixture, request):
     method, model, tokenizer = _method("alphaedit", request.getfixturevalue(fixture), TINY)
