@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from bizsre_tasks.editing.base import EditFailedError, EditRequest
+from bizsre_tasks.editing.base import EditFailedError, EditRequest, WeightEdit
 from bizsre_tasks.editing.common import naive_mode
 from bizsre_tasks.editing.kv.second_moments import regularised
 from bizsre_tasks.editing.kv.value_delta import DeltaAtSubject, EditBatch, first_output
@@ -97,43 +97,63 @@ class Memit(KeyValueEditor):
 
     def validate_hparams(self) -> None:
         super().validate_hparams()
+        self._validate_solver_hparams()
+
+    def _validate_solver_hparams(self) -> None:
+        """Checks of the keys the per-layer solve uses (AlphaEdit replaces them)."""
         if not self.hparams["mom2_weight"] > 0:
             raise ConfigurationError(f"hparams 'mom2_weight' must be positive, got {self.hparams['mom2_weight']!r}")
 
     def _factor(self, layer: int, mom2: torch.Tensor) -> torch.Tensor:
         return regularised(mom2)  # MEMIT needs C itself: λC + KKᵀ changes with every edit
 
+    def _layer_update(self, layer: int, keys: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
+        """ΔW (d_out, d_in), float64 on the CPU, for one layer's keys K (n, d_in) and residuals R (n, d_out)."""
+        cov = self._layer_stats[layer]
+        system = self.hparams["mom2_weight"] * cov + keys.T.cpu() @ keys.cpu()
+        return torch.linalg.solve(system, keys.T.cpu() @ residuals.cpu()).T  # ΔW = R K (λC + KᵀK)⁻¹
+
+    def apply_many(self, requests: list[EditRequest]) -> WeightEdit:
+        """All `requests` installed by one update per layer (MEMIT's batch edit: every case's keys are
+        columns of the same least-squares problem); one handle restores them all."""
+        if not requests:
+            raise ConfigurationError("apply_many needs at least one request")
+        self.ensure_prepared()
+        return self._guarded(lambda: self._edit_many(requests))
+
     def _edit(self, request: EditRequest) -> None:
+        self._edit_many([request])
+
+    def _edit_many(self, requests: list[EditRequest]) -> None:
         layers = self.edit_layers()
         last = layers[-1]
         stack = self.layout.module("layers")
-        rows, result = self._delta(request)
-        batch = self._batch([rows])
-        n = rows.n_rewrite
-        delta = result.delta
-        h_start = run_until(self.model, stack, batch, last)[:n]
-        with DeltaAtSubject(self.layout.module("mlp_out", last), batch.split, lambda values: delta):
-            z = run_until(self.model, stack, batch, last)[:n]
+        computed = [self._delta(request) for request in requests]  # all against the weights before this update
+        batch = self._batch([rows for rows, _ in computed])
+        rewrite = batch.rewrite  # each case's rewrite rows; its KL row takes no part in the update
+        deltas = torch.stack([result.delta for _, result in computed])[batch.row_case]  # each row its case's δ
+        h_start = run_until(self.model, stack, batch, last)[rewrite]
+        with DeltaAtSubject(self.layout.module("mlp_out", last), batch.split, lambda values: deltas):
+            z = run_until(self.model, stack, batch, last)[rewrite]
         shares = []
         for i, layer in enumerate(layers):
             with DeltaAtSubject(self.layout.module("mlp_out", layer), batch.split) as probe:
-                h = run_until(self.model, stack, batch, last)[:n]
-            keys, values = probe.keys[:n].double(), probe.values[:n]
+                h = run_until(self.model, stack, batch, last)[rewrite]
+            keys, values = probe.keys[rewrite].double(), probe.values[rewrite]
             change = (z - h) / (len(layers) - i)
             targets = pre_norm_target(self.layout.optional_module("post_mlp_norm", layer), values, change)
             residuals = (targets - values.float()).double()  # R: (n, d_out)
             if not torch.isfinite(residuals).all():
-                raise EditFailedError(f"MEMIT: the target of layer {layer} is not finite")
-            cov = self._layer_stats[layer]
-            system = self.hparams["mom2_weight"] * cov + keys.T.cpu() @ keys.cpu()
-            update = torch.linalg.solve(system, keys.T.cpu() @ residuals.cpu()).T  # ΔW = R K (λC + KᵀK)⁻¹
+                raise EditFailedError(f"{self.name}: the target of layer {layer} is not finite")
+            update = self._layer_update(layer, keys, residuals)
             weight = self.layout.weight_out_in("mlp_out", layer)
             self._check_update(layer, weight, update)
             with torch.no_grad():
                 weight.add_(update.to(device=weight.device, dtype=weight.dtype))
             shares.append(float(update.norm() / weight.float().norm()))
-        h_end = run_until(self.model, stack, batch, last)[:n]
+        h_end = run_until(self.model, stack, batch, last)[rewrite]
         gap = float((z - h_end).norm() / (z - h_start).norm().clamp(min=1e-12))
-        self.last_info = {"layers": layers, "nll": result.nll, "steps": result.steps,
-                          "delta_ratio": float(delta.norm() / result.values[0].float().norm()),
-                          "update_ratios": shares, "remaining_gap": gap}
+        self.last_info = {"layers": layers, "nll": max(result.nll for _, result in computed),
+                          "steps": max(result.steps for _, result in computed),
+                          "delta_ratio": max(float(result.delta.norm() / result.values[0].float().norm()) for _, result in computed),
+                          "update_ratios": shares, "remaining_gap": gap, "cases": len(requests)}

@@ -28,6 +28,7 @@ METHODS: dict[str, str] = {
     "kn": "bizsre_tasks.editing.kn:KnowledgeNeurons",
     "rome": "bizsre_tasks.editing.rome:Rome",
     "memit": "bizsre_tasks.editing.memit:Memit",
+    "alphaedit": "bizsre_tasks.editing.alphaedit:AlphaEdit",
     "serac": "bizsre_tasks.editing.serac:Serac",
     "mend": "bizsre_tasks.editing.mend:Mend",
 }

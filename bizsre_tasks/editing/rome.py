@@ -291,10 +291,15 @@ class KeyValueEditor(EditingMethod):
 
     def apply(self, request: EditRequest):
         self.ensure_prepared()
+        return self._guarded(lambda: self._edit(request))
+
+    def _guarded(self, run) -> WeightEdit:
+        """Runs `run` (which changes the edited layers' weights) behind a backup of those weights: on any
+        failure they are put back before the error leaves; on success the backup is the handle's restore."""
         layers = self.edit_layers()
         backup = WeightBackup({f"mlp_out.{layer}": self.layout.weight_parameter("mlp_out", layer) for layer in layers})
         try:
-            self._edit(request)
+            run()
         except torch.linalg.LinAlgError as exc:  # a singular or ill-conditioned solve
             backup.restore()
             raise EditFailedError(f"{self.name} could not compute the update: {exc}") from exc
