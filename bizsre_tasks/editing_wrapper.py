@@ -58,7 +58,7 @@ from bizsre_tasks.wrapper.answer_store import (
     run_identity,
 )
 from bizsre_tasks.wrapper.case_planning import CaseWork, plan_cases
-from bizsre_tasks.wrapper.model_args import check_model_args
+from bizsre_tasks.wrapper.model_args import check_model_args, positive_int
 from bizsre_tasks.wrapper.prefix_cache import (
     shared_prefix_answers,
     shared_prefix_groups,
@@ -102,16 +102,6 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}{tuple(tensor.shape)}".encode())
         digest.update(sample)
     return digest.hexdigest()[:16]
-
-
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or str(value).strip() != str(number):
-        raise ConfigurationError(f"model_arg {name} must be a positive integer, got {value!r}")
-    return number
 
 
 def _own_args() -> set[str]:
@@ -171,7 +161,7 @@ class EditedHFLM(HFLM):
             raise ConfigurationError(f"edit_lang '{edit_lang}' is not a language code such as 'en' or 'zh'")
         if test_file:  # the tasks read it only after the model is loaded
             preflight.check_test_file(test_file, edit_lang)
-        cross_case_batch, edit_batch = _positive_int("cross_case_batch", cross_case_batch), _positive_int("edit_batch", edit_batch)
+        cross_case_batch, edit_batch = positive_int("cross_case_batch", cross_case_batch), positive_int("edit_batch", edit_batch)
         edit_mode, edits_per_batch = edit_modes.check_edit_mode(edit_mode, edits_per_batch)
         user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.wrapper.model_args import positive_int
 
 EDIT_MODES = ("single", "sequential", "batch")
 DEFAULT_EDITS_PER_BATCH = 16
@@ -25,13 +26,7 @@ def check_edit_mode(edit_mode: Any, edits_per_batch: Any) -> tuple[str, int]:
     mode = str(edit_mode).strip().lower()
     if mode not in EDIT_MODES:
         raise ConfigurationError(f"model_arg edit_mode must be one of {', '.join(EDIT_MODES)}, got {edit_mode!r}")
-    try:
-        number = int(edits_per_batch)
-    except (TypeError, ValueError):
-        number = 0
-    if number < 1 or str(edits_per_batch).strip() != str(number):
-        raise ConfigurationError(f"model_arg edits_per_batch must be a positive integer, got {edits_per_batch!r}")
-    return mode, number
+    return mode, positive_int("edits_per_batch", edits_per_batch)
 
 
 def check_world_size(mode: str, world_size: int) -> None:

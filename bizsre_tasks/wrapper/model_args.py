@@ -27,6 +27,17 @@ FROM_PRETRAINED_KWARGS = (
 )
 
 
+def positive_int(name: str, value: Any) -> int:
+    """A model_arg that must be a positive integer written as one ("8", not "8.0" or "x")."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1 or str(value).strip() != str(number):
+        raise ConfigurationError(f"model_arg {name} must be a positive integer, got {value!r}")
+    return number
+
+
 def _signature_names(function: Callable) -> set[str]:
     return {
         name for name, parameter in inspect.signature(function).parameters.items()
