@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "stats": ("bizsre_tasks.commands.stats", "precompute ROME/MEMIT second-moment statistics"),
     "train": ("bizsre_tasks.commands.train", "train a SERAC or MEND editor on the training split"),
     "scale-study": ("bizsre_tasks.commands.scale_study", "SERAC/MEND/IKE against training size (Figure 3), resumable"),
+    "sequence-study": ("bizsre_tasks.commands.sequence_study", "scores against the number of sequential edits (1 ... 200), resumable"),
     "bench": ("bizsre_tasks.commands.bench", "speed and memory benchmark of the editing methods"),
     "run": ("bizsre_tasks.commands.run", "lm_eval with edited-hf registered and the Bi-ZsRE tasks included"),
 }

@@ -52,6 +52,7 @@ from bizsre_tasks.tasks import paper_protocol, provenance, run_state
 from bizsre_tasks.tasks.answer_lines import EndAfterFirstLine
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
 from bizsre_tasks.wrapper import batch_sizing, edit_modes, paper_answers, preflight
+from bizsre_tasks.wrapper import sequence_checkpoints as sequence_points
 from bizsre_tasks.wrapper.answer_store import (
     AnswerStore,
     request_signature,
@@ -143,6 +144,8 @@ class EditedHFLM(HFLM):
         edit_batch: int = 4,
         edit_mode: str = "single",
         edits_per_batch: int = edit_modes.DEFAULT_EDITS_PER_BATCH,
+        sequence_checkpoints: str | None = None,
+        checkpoint_answers: str | None = None,
         **kwargs: Any,
     ) -> None:
         test_file = kwargs.get("test_file")
@@ -163,6 +166,8 @@ class EditedHFLM(HFLM):
             preflight.check_test_file(test_file, edit_lang)
         cross_case_batch, edit_batch = positive_int("cross_case_batch", cross_case_batch), positive_int("edit_batch", edit_batch)
         edit_mode, edits_per_batch = edit_modes.check_edit_mode(edit_mode, edits_per_batch)
+        checkpoints = sequence_points.parse_checkpoints(sequence_checkpoints)
+        sequence_points.check_options(edit_mode, checkpoints, checkpoint_answers)
         user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
         if not torch.cuda.is_available() and kwargs.get("device") in (None, "cuda"):
             kwargs["device"] = "cpu"
@@ -174,6 +179,7 @@ class EditedHFLM(HFLM):
         self._adopt_cpu_processes()
         edit_modes.check_world_size(edit_mode, self.world_size)
         self.edit_mode, self.edits_per_batch = edit_mode, edits_per_batch
+        self.checkpoint_writer = sequence_points.CheckpointWriter(checkpoint_answers, checkpoints) if checkpoints else None
         self.model.requires_grad_(False)
         self.method_name = method
         self.edit_lang = edit_lang
@@ -368,6 +374,9 @@ class EditedHFLM(HFLM):
                 )
             if todo:
                 self._answer_sequence(requests, todo, answers, finished)
+            elif self.checkpoint_writer is not None:
+                logger.warning("every answer came from the answer store %s: no checkpoint answers were written to %s",
+                               store.path, self.checkpoint_writer.path)
         elif self.edit_mode == "batch":
             # Batches are cut from every case, not from those left, so a resumed run installs the same edits together.
             for start in range(0, len(cases), self.edits_per_batch):
@@ -470,7 +479,9 @@ class EditedHFLM(HFLM):
         immediate: dict[str, str] = {}
         self.editor.begin_sequence()
         try:
-            for case in cases:
+            if self.checkpoint_writer is not None:
+                self.checkpoint_writer.start()
+            for number, case in enumerate(cases, start=1):
                 if self.editor.modifies_weights:
                     handles.append(self._apply(case))
                 else:
@@ -487,6 +498,7 @@ class EditedHFLM(HFLM):
                 for answer in self._answer(requests, case.reliability, [in_force] * len(case.reliability)):
                     immediate[case.case_key] = answer
                     run_state.record_immediate(case.case_key, answer)
+                self._answer_checkpoint(requests, cases, number, in_force)
             answer_started = clock()
             post = [i for case in cases for i in case.post_edit]
             self._answer_and_store(requests, post, [in_force] * len(post), answers)
@@ -498,6 +510,14 @@ class EditedHFLM(HFLM):
             done = clock()
         self._record_timing(cases, answer_started - started, restore_started - answer_started, done - restore_started)
         finished(cases, immediate)
+
+    def _answer_checkpoint(self, requests: list, cases: list[CaseWork], edits_done: int, in_force: AppliedEdit) -> None:
+        """`sequence_checkpoints`: after the k-th edit, the post-edit questions of the first k cases."""
+        writer = self.checkpoint_writer
+        if writer is None or not writer.due(edits_done, len(cases)):
+            return
+        post = [i for case in cases[:edits_done] for i in case.post_edit]
+        writer.write(edits_done, requests, post, self._answer(requests, post, [in_force] * len(post)))
 
     def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
         pre = [i for case in cases for i in case.pre_edit]

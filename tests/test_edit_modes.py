@@ -223,3 +223,41 @@ def test_data_parallel_sequential_is_refused(tiny_gpt2, monkeypatch):
 def test_bad_edit_mode_values_fail_before_loading(tmp_path, extra, message):
     with pytest.raises(ConfigurationError, match=message):
         EditedHFLM(pretrained=str(tmp_path / "never-loaded"), method="none", **extra)
+
+
+def _checkpoint_args(tiny_gpt2, path, points="2/4"):
+    return _args(tiny_gpt2, method="counting", edit_mode="sequential", sequence_checkpoints=points, checkpoint_answers=str(path))
+
+
+def _post_edit_answers(results, task):
+    """The answers given under the edits: a locality doc's second answer (its first is the unedited model's)."""
+    return [s["resps"][0][-1] if task.startswith("bizsre_locality") else s["resps"][0][0] for s in results["samples"][task]]
+
+
+def test_checkpoint_answers_equal_a_shorter_sequential_run(tiny_gpt2, tmp_path):
+    from bizsre_tasks.wrapper.sequence_checkpoints import read_checkpoint_answers
+
+    tasks = ["bizsre_reliability", "bizsre_generality_zh", "bizsre_locality_en"]
+    path = tmp_path / "checkpoints.jsonl"
+    run_harness(_checkpoint_args(tiny_gpt2, path, "2/4/6"), tasks, limit=6)
+    points = read_checkpoint_answers(path)
+    assert sorted(points) == [2, 4]  # 6 is the run's own end: not written twice
+    for k in (2, 4):
+        shorter = run_harness(_args(tiny_gpt2, method="counting", edit_mode="sequential"), tasks, limit=k)
+        for task in tasks:
+            expected = _post_edit_answers(shorter, task)
+            assert [points[k][(task, doc_id)] for doc_id in range(k)] == expected, (k, task)
+    # The counting method's noise grows with each edit, so the points differ from each other.
+    assert any(points[2][key] != points[4][key] for key in points[2])
+
+
+def test_checkpoint_options_are_checked(tiny_gpt2, tmp_path):
+    path = str(tmp_path / "c.jsonl")
+    with pytest.raises(ConfigurationError, match="need edit_mode=sequential"):
+        EditedHFLM(**_args(tiny_gpt2, method="counting", sequence_checkpoints="1/2", checkpoint_answers=path))
+    with pytest.raises(ConfigurationError, match="needs checkpoint_answers"):
+        EditedHFLM(**_args(tiny_gpt2, method="counting", edit_mode="sequential", sequence_checkpoints="1/2"))
+    with pytest.raises(ConfigurationError, match="needs sequence_checkpoints"):
+        EditedHFLM(**_args(tiny_gpt2, method="counting", edit_mode="sequential", checkpoint_answers=path))
+    with pytest.raises(ConfigurationError, match="positive integers"):
+        EditedHFLM(**_args(tiny_gpt2, method="counting", edit_mode="sequential", sequence_checkpoints="1/x", checkpoint_answers=path))

@@ -39,7 +39,8 @@ GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
 # `--hparams METHOD=paper`: a bundled preset (editing.registry.PRESETS; not imported here, it needs torch).
 HPARAMS_PRESETS = ("paper",)
-RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint", "answer_store")
+RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint", "answer_store",
+                 "checkpoint_answers")
 INCOMPLETE_DIR = ".incomplete"  # hidden, so `bizsre report` does not read set-aside runs
 # Outside the run folders (which are set aside when unfinished), hidden from `bizsre report`.
 ANSWERS_DIR = ".answers"
@@ -61,6 +62,7 @@ class SweepOptions:
     batch_size: str | None = None
     device: str | None = None
     answer_store: bool = True  # edited-hf saves answers per case, so a killed run resumes mid-way
+    checkpoint_answers: str | None = None  # edit_mode=sequential: file name, in each run folder, of the checkpoint answers
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,8 @@ def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
         # Keyed by weights, method, hparams, edit language, protocol and seed inside edited-hf, so
         # answers are never reused under another setting.
         args["answer_store"] = str((options.output / ANSWERS_DIR / run.name).resolve())
+    if options.checkpoint_answers:
+        args["checkpoint_answers"] = str((run.folder / options.checkpoint_answers).resolve())
     args.update(options.extra_model_args)
     return args
 
@@ -207,7 +211,7 @@ def finished_result(run: PlannedRun) -> RunResult | None:
 def mismatch(result: RunResult, run: PlannedRun, options: SweepOptions) -> str | None:
     """Why a finished run is not the run this sweep asks for (different limit, model, protocol...)."""
     wanted = model_args(run, options)
-    for key in ("method", "edit_lang", "protocol", "pretrained", "test_file"):
+    for key in ("method", "edit_lang", "protocol", "pretrained", "test_file", "edit_mode"):
         have = result.model_args.get(key, "none" if key == "method" else None)
         if key == "protocol":
             have = result.protocol

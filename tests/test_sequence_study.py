@@ -1,0 +1,48 @@
+"""`bizsre sequence-study`: one sequential run answers every smaller point on the way; the points it
+scores from the checkpoint answers equal those of a run that stops there."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from bizsre_tasks.errors import ConfigurationError
+from bizsre_tasks.experiments.sequence_study import SequenceOptions, parse_points, run_study, sweep_options
+from tests.test_scale_study import InProcess, bundled_tasks_only, environment  # noqa: F401  - fixtures
+
+
+def _rows(path):
+    with path.open(encoding="utf-8") as handle:
+        return {(r["method"], r["edits"], r["split"], r["lang"]): (float(r["f1"]), float(r["em"])) for r in csv.DictReader(handle)}
+
+
+def test_checkpointed_points_equal_runs_that_stop_there(tiny_gpt2, tmp_path, bundled_tasks_only):  # noqa: F811
+    def study(name, points):
+        options = SequenceOptions(output=tmp_path / name, points=points, methods=["ft"], edit_langs=["en"], pretrained=str(tiny_gpt2))
+        runner = InProcess()
+        outcome = run_study(options, runner=runner, show_progress=False, echo=lambda m: None)
+        assert not outcome.failed and len(runner.calls) == 1
+        return options.output, _rows(options.output / "sequence.csv")
+
+    output, long = study("long", [1, 3])
+    _, short = study("short", [1])
+    at_one = {key: value for key, value in long.items() if key[1] == "1"}
+    assert at_one and at_one == {key: value for key, value in short.items() if key[2] != "reliability_immediate"}
+    assert {key[1] for key in long} == {"1", "3"}
+    assert any(key[2] == "reliability_immediate" for key in long)
+    assert (output / "sequence_en.png").is_file() and "## Edit in en" in (output / "sequence.md").read_text()
+    # Run again: the finished run is skipped, the summary rebuilt.
+    runner = InProcess()
+    run_study(SequenceOptions(output=output, points=[1, 3], methods=["ft"], edit_langs=["en"], pretrained=str(tiny_gpt2)),
+              runner=runner, show_progress=False, echo=lambda m: None)
+    assert runner.calls == []
+
+
+def test_points_and_sweep_options(tmp_path):
+    assert parse_points("200,1, 10") == [1, 10, 200]
+    with pytest.raises(ConfigurationError, match="positive number of edits"):
+        parse_points("1,x")
+    sweep = sweep_options(SequenceOptions(output=tmp_path, points=[1, 10, 50]))
+    assert sweep.limit == 50 and sweep.extra_model_args == {"edit_mode": "sequential", "sequence_checkpoints": "1/10"}
+    assert not sweep.answer_store and sweep.checkpoint_answers
