@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from bizsre_tasks.cli import main
+from tests.test_scale_study import bundled_tasks_only  # noqa: F401  - fixture
 
 
 def test_bench_smoke(tiny_gemma, tmp_path):
@@ -29,3 +30,33 @@ def test_bench_smoke(tiny_gemma, tmp_path):
     # The targets section judges what was measured: one edit per case for the weight method.
     edits_line = next(line for line in markdown.splitlines() if line.startswith("| edits per case = 1"))
     assert edits_line.endswith("CountingWeightEdit | 1 | yes |")
+
+
+def test_edit_mode_cost_writes_its_section_and_bench_keeps_it(tiny_gemma, tmp_path, monkeypatch, bundled_tasks_only):  # noqa: F811
+    import importlib.util
+
+    from bizsre_tasks.benchmark import report
+    from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE
+
+    monkeypatch.setenv("BIZSRE_CACHE_DIR", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("edit_mode_cost_script", "scripts/edit_mode_cost.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out_json, out_md = tmp_path / "modes.json", tmp_path / "BENCH.md"
+    out_md.write_text("# Benchmarks\n\nthe bench's part\n")
+    (tmp_path / "ft.yaml").write_text("layers: [1]\nsteps: 3\n")
+    (tmp_path / "memit.yaml").write_text("layers: [1, 2]\n")
+    argv = ["--pretrained", str(tiny_gemma), "--test-file", str(SAMPLE_TEST_FILE), "--sequential-methods", "ft",
+            "--sequential-cases", "3", "--batch-methods", "memit", "--batch-cases", "3",
+            "--hparams", f"ft={tmp_path / 'ft.yaml'}", "--hparams", f"memit={tmp_path / 'memit.yaml'}", "--json", str(out_json), "--markdown", str(out_md)]
+    assert script.main(argv) == 0
+    result = json.loads(out_json.read_text())
+    (sequential,), (batch,) = result["sequential"], result["batch"]
+    assert sequential["cases"] == 3 and sequential["sequential_s"] > 0 and sequential["single_applies_s"] > 0
+    assert sequential["ratio"] == sequential["sequential_s"] / (sequential["single_applies_s"] + sequential["answering_pass_s"])
+    assert batch["cases"] == 3 and batch["ratio"] == batch["batch_apply_s"] / batch["single_applies_s"]
+    report.replace_section(out_md, "edit-modes", "## Edit modes: cost\n\nagain")  # a second run replaces its section
+    text = out_md.read_text()
+    assert text.count("## Edit modes: cost") == 1 and text.startswith("# Benchmarks\n\nthe bench's part")
+    # `bizsre bench` rewrites its own part and keeps the section.
+    assert report.kept_sections(out_md).count("## Edit modes: cost") == 1
