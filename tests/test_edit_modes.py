@@ -261,3 +261,25 @@ def test_checkpoint_options_are_checked(tiny_gpt2, tmp_path):
         EditedHFLM(**_args(tiny_gpt2, method="counting", edit_mode="sequential", checkpoint_answers=path))
     with pytest.raises(ConfigurationError, match="positive integers"):
         EditedHFLM(**_args(tiny_gpt2, method="counting", edit_mode="sequential", sequence_checkpoints="1/x", checkpoint_answers=path))
+
+
+@pytest.mark.parametrize("method", ["memit", "alphaedit"])
+def test_batch_mode_through_lm_eval_uses_the_joint_update(tiny_gemma, tmp_path, monkeypatch, method):
+    """The real MEMIT/AlphaEdit `apply_many` under lm_eval: two updates of two edits each, model restored bit for bit."""
+    from bizsre_tasks.editing.memit import Memit
+
+    calls = []
+    original = Memit.apply_many
+
+    def spy(self, requests):
+        calls.append(len(requests))
+        return original(self, requests)
+
+    monkeypatch.setattr(Memit, "apply_many", spy)
+    monkeypatch.setenv("BIZSRE_CACHE_DIR", str(tmp_path / "cache"))
+    hparams = tmp_path / "hparams.yaml"
+    hparams.write_text(yaml.safe_dump({"layers": [1, 2]}))
+    results = run_harness(_args(tiny_gemma, method=method, hparams=str(hparams), edit_mode="batch", edits_per_batch=2,
+                                verify_restore=True), ["bizsre_reliability", "bizsre_generality_zh"], limit=4)
+    assert calls == [2, 2]
+    assert 0.0 <= metric(results, "bizsre_reliability") <= 1.0

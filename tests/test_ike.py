@@ -273,3 +273,23 @@ def test_several_edits_show_each_question_its_closest_facts_bounded(tiny, tmp_pa
         assert text.endswith(f"New Fact: {req.question} {req.target}\n{req.prompt}")  # its own fact, last
         assert text.count("New Fact: ") == InContextEditing.MEMORY_FACTS  # bounded, not all six
     assert memory.shared_prefix is None
+
+
+def test_sequential_lm_eval_run_keeps_every_edit_so_far(tiny_gemma, tmp_path, monkeypatch):
+    """edit_mode=sequential through lm_eval with the real IKE: every edit so far stays in its memory."""
+    from bizsre_tasks.editing.ike import InContextEditing
+    from tests.harness import run_harness
+
+    sizes = []
+    original = InContextEditing.apply_many
+
+    def spy(self, requests):
+        sizes.append(len(requests))
+        return original(self, requests)
+
+    monkeypatch.setattr(InContextEditing, "apply_many", spy)
+    args = {"pretrained": str(tiny_gemma), "device": "cpu", "method": "ike", "train_file": str(flat_train_file(tmp_path)),
+            "edit_mode": "sequential"}
+    results = run_harness(args, ["bizsre_reliability", "bizsre_generality_zh"], limit=3)
+    assert sizes == [1, 2, 3]
+    assert "f1_immediate,none" in results["results"]["bizsre_reliability"]

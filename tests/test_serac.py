@@ -206,3 +206,22 @@ def test_several_edits_route_each_question_to_its_closest_stored_edit(tiny_gemma
     assert memory.rewrite_prompt("Question: What is the capital of France?\nAnswer:").count("New Fact: ") == 1
     memory.restore()
     assert method.memory == []
+
+
+def test_sequential_lm_eval_run_keeps_every_edit_so_far(tiny_gemma, checkpoint, monkeypatch):
+    """edit_mode=sequential through lm_eval with the real SERAC: its memory grows by one edit per case."""
+    from bizsre_tasks.editing.serac import Serac
+    from tests.harness import run_harness
+
+    sizes = []
+    original = Serac.apply_many
+
+    def spy(self, requests):
+        sizes.append(len(requests))
+        return original(self, requests)
+
+    monkeypatch.setattr(Serac, "apply_many", spy)
+    args = {"pretrained": str(tiny_gemma), "device": "cpu", "method": "serac", "checkpoint": str(checkpoint), "edit_mode": "sequential"}
+    results = run_harness(args, ["bizsre_reliability", "bizsre_generality_zh"], limit=3)
+    assert sizes == [1, 2, 3]
+    assert "f1_immediate,none" in results["results"]["bizsre_reliability"]
