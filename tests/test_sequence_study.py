@@ -4,6 +4,7 @@ scores from the checkpoint answers equal those of a run that stops there."""
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 
@@ -32,11 +33,17 @@ def test_checkpointed_points_equal_runs_that_stop_there(tiny_gpt2, tmp_path, bun
     assert {key[1] for key in long} == {"1", "3"}
     assert any(key[2] == "reliability_immediate" for key in long)
     assert (output / "sequence_en.png").is_file() and "## Edit in en" in (output / "sequence.md").read_text()
-    # Run again: the finished run is skipped, the summary rebuilt.
+    # Run again without the lm_eval run folders: the curve file says the run is done; the summary is rebuilt.
+    shutil.rmtree(output / "runs")
+    (output / "sequence.csv").unlink()
     runner = InProcess()
-    run_study(SequenceOptions(output=output, points=[1, 3], methods=["ft"], edit_langs=["en"], pretrained=str(tiny_gpt2)),
-              runner=runner, show_progress=False, echo=lambda m: None)
-    assert runner.calls == []
+    options = SequenceOptions(output=output, points=[1, 3], methods=["ft"], edit_langs=["en"], pretrained=str(tiny_gpt2))
+    assert run_study(options, runner=runner, show_progress=False, echo=lambda m: None).skipped == ["ft_en"]
+    assert runner.calls == [] and _rows(output / "sequence.csv") == long
+    # Curves from another point list are not mixed in.
+    with pytest.raises(ConfigurationError, match="curves made with other settings"):
+        run_study(SequenceOptions(output=output, points=[1, 4], methods=["ft"], edit_langs=["en"], pretrained=str(tiny_gpt2)),
+                  runner=InProcess(), show_progress=False, echo=lambda m: None)
 
 
 def test_points_and_sweep_options(tmp_path):

@@ -11,26 +11,34 @@ run are exactly those of a run limited to k cases, so one run gives every point 
 - the point N = max(N) is the run's own results; smaller points are scored from the checkpoint answers
   with the tasks' own `process_results` (the unedited answers a locality score needs come from the
   run's samples);
-- OUTPUT/sequence.csv, sequence.md and one figure per edit language are rebuilt at the end.
+- OUTPUT/curves/<method>_<lang>.json holds a finished run's curve (every point's scores, the settings,
+  the wall time); a run with a curve file is done and skipped next time, even without its run folder, so
+  the curve files alone (small, fit to commit) carry a study across machines;
+- OUTPUT/sequence.csv, sequence.md and one figure per edit language are rebuilt from the curve files at
+  the end.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.experiments.sweep import (
     EXPECTED_TASKS,
+    PlannedRun,
     Runner,
     SweepOptions,
     finished_result,
     plan_runs,
     run_sweep,
 )
+from bizsre_tasks.experiments.sweep import validate as validate_sweep
 from bizsre_tasks.report.results_reader import RunResult, read_samples
-from bizsre_tasks.tasks import answer_lines, run_state, task_docs
+from bizsre_tasks.tasks import answer_lines, data_loading, run_state, task_docs
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
 from bizsre_tasks.tasks.task_generation import BUNDLED_LANGUAGES
 from bizsre_tasks.wrapper import sequence_checkpoints
@@ -38,6 +46,7 @@ from bizsre_tasks.wrapper import sequence_checkpoints
 DEFAULT_METHODS = ("ft", "rome", "memit", "alphaedit", "ike")
 DEFAULT_POINTS = (1, 10, 50, 100, 200)
 CHECKPOINT_FILE = "checkpoint_answers.jsonl"
+CURVE_FORMAT = "bizsre-sequence-curve/1"
 
 
 @dataclass
@@ -140,8 +149,6 @@ def curve_rows(result: RunResult, checkpoint_file: Path | None) -> list[dict]:
 
 
 def _immediate(result: RunResult) -> tuple[float, float] | None:
-    import json
-
     data = json.loads(result.path.read_text(encoding="utf-8"))
     values = data["results"].get(result.task_names.get("reliability", "bizsre_reliability"), {})
     if "f1_immediate,none" not in values:
@@ -158,6 +165,55 @@ def _row(result: RunResult, edits: int, key: str, f1: float, em: float, cases: i
             "f1": round(f1, 2), "em": round(em, 2), "cases": cases}
 
 
+# --- curve files: one per finished run, what the summary is built from --------------------------------
+
+
+def settings(options: SequenceOptions) -> dict:
+    """What makes two runs' curves comparable; every curve file of one study folder must agree on it."""
+    test_file = options.test_file or os.environ.get(data_loading.TEST_FILE_ENV)
+    return {"pretrained": options.pretrained or None, "protocol": options.protocol, "points": sorted(options.points),
+            "test_file": str(Path(test_file).expanduser().resolve()) if test_file else None}
+
+
+def curve_file(options: SequenceOptions, run: PlannedRun) -> Path:
+    return options.output / "curves" / f"{run.name}.json"
+
+
+def write_curve(path: Path, run: PlannedRun, options: SequenceOptions, result: RunResult, rows: list[dict], wall_seconds: float | None) -> None:
+    data = {"format": CURVE_FORMAT, "run": run.name, "method": run.method, "edit_lang": run.edit_lang,
+            "settings": settings(options), "results_file": str(result.path.resolve()),
+            "wall_seconds": None if wall_seconds is None else round(wall_seconds, 1), "rows": rows,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    staging.replace(path)  # whole or absent: its presence means the run is finished
+
+
+def read_curve(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("format") == CURVE_FORMAT and "rows" in data else None
+
+
+def check_settings(options: SequenceOptions) -> None:
+    """Curves made with another model, protocol, point list or test file may not be mixed into one study."""
+    wanted = settings(options)
+    conflicts = []
+    for path in sorted((options.output / "curves").glob("*.json")):
+        data = read_curve(path)
+        if data is None:
+            continue
+        differ = [f"{k}={data['settings'].get(k)!r} (this run: {wanted[k]!r})" for k in wanted if data["settings"].get(k) != wanted[k]]
+        if differ:
+            conflicts.append(f"{path.name}: " + ", ".join(differ))
+    if conflicts:
+        raise ConfigurationError(f"{options.output} holds curves made with other settings:\n  " + "\n  ".join(conflicts)
+                                 + "\nuse another --output folder, or delete those curve files")
+
+
 # --- the study ---------------------------------------------------------------------------------------
 
 
@@ -166,25 +222,36 @@ class SequenceOutcome:
     skipped: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-    rows: list[dict] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def run_study(options: SequenceOptions, runner: Runner | None = None, show_progress: bool = True, echo=print) -> SequenceOutcome:
+    """Each (method, edit language) not yet in OUTPUT/curves/ is run (or, when its lm_eval run is already
+    finished in OUTPUT/runs/, only scored); the summary is rebuilt from every curve file."""
     from bizsre_tasks.report.sequence_curves import write_summary
 
     if not options.points:
         raise ConfigurationError("--points: give at least one number of edits")
     sweep = sweep_options(options)
-    started = time.monotonic()
-    result = run_sweep(sweep, runner=runner, show_progress=show_progress, echo=echo)
-    outcome = SequenceOutcome(skipped=[r.name for r in result.skipped], finished=[r.name for r in result.finished],
-                              failed=[(r.name, reason) for r, reason in result.failed])
-    outcome.seconds["study"] = round(time.monotonic() - started, 1)
+    validate_sweep(sweep)
+    check_settings(options)
+    outcome = SequenceOutcome()
     for run in plan_runs(sweep):
+        path = curve_file(options, run)
+        if read_curve(path) is not None:
+            outcome.skipped.append(run.name)
+            continue
+        one = replace(sweep, methods=[run.method], edit_langs=[run.edit_lang])
+        started = time.monotonic()
+        result = run_sweep(one, runner=runner, show_progress=show_progress, echo=echo)
+        if result.failed:
+            outcome.failed += [(r.name, reason) for r, reason in result.failed]
+            continue
         finished = finished_result(run)
-        if finished is not None:
-            outcome.rows += curve_rows(finished, run.folder / CHECKPOINT_FILE)
-    outcome.files = write_summary(options.output, outcome.rows)
+        rows = curve_rows(finished, run.folder / CHECKPOINT_FILE)
+        write_curve(path, run, options, finished, rows, time.monotonic() - started if result.finished else None)
+        outcome.finished.append(run.name)
+        echo(f"curve {run.name} written to {path}")
+    rows = [row for path in sorted((options.output / "curves").glob("*.json")) if (data := read_curve(path)) for row in data["rows"]]
+    outcome.files = write_summary(options.output, rows, warn=echo)
     return outcome
