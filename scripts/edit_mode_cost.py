@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"command": "python scripts/edit_mode_cost.py " + shlex.join(sys.argv[1:] if argv is None else argv),
               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "model": lm.editor.context.model_name, "test_file": args.test_file, "protocol": args.protocol,
+              "model": lm.editor.context.model_name, "test_file": args.test_file, "protocol": args.protocol, "json": args.json,
               "sequential": [], "batch": []}
     hparams_files = key_value_pairs(args.hparams, "--hparams", "METHOD=YAML")
 
@@ -69,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[edit-mode cost] batch {method} ...", file=sys.stderr, flush=True)
         result["batch"].append(edit_mode_cost.as_dict(edit_mode_cost.batch_cost(lm, method, hparams(method), requests)))
         print(result["batch"][-1], file=sys.stderr, flush=True)
+    # Rows of methods measured by an earlier invocation into the same JSON stay (the newest row per method wins).
+    earlier = json.loads(Path(args.json).read_text(encoding="utf-8")) if Path(args.json).is_file() else {}
+    for mode in ("sequential", "batch"):
+        measured = {row["method"] for row in result[mode]}
+        kept = [{**row, "command": row.get("command", earlier.get("command"))} for row in earlier.get(mode, []) if row["method"] not in measured]
+        result[mode] = kept + [{**row, "command": result["command"]} for row in result[mode]]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     text = edit_mode_cost.markdown(result)

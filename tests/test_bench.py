@@ -55,8 +55,15 @@ def test_edit_mode_cost_writes_its_section_and_bench_keeps_it(tiny_gemma, tmp_pa
     assert sequential["cases"] == 3 and sequential["sequential_s"] > 0 and sequential["single_applies_s"] > 0
     assert sequential["ratio"] == sequential["sequential_s"] / (sequential["single_applies_s"] + sequential["answering_pass_s"])
     assert batch["cases"] == 3 and batch["ratio"] == batch["batch_apply_s"] / batch["single_applies_s"]
+    # Another method measured into the same JSON later: the earlier rows stay.
+    again = list(argv)
+    again[again.index("--sequential-methods") + 1] = "none"
+    again[again.index("--batch-methods") + 1] = ""
+    assert script.main(again) == 0
+    result = json.loads(out_json.read_text())
+    assert [row["method"] for row in result["sequential"]] == ["ft", "none"] and [row["method"] for row in result["batch"]] == ["memit"]
     report.replace_section(out_md, "edit-modes", "## Edit modes: cost\n\nagain")  # a second run replaces its section
     text = out_md.read_text()
     assert text.count("## Edit modes: cost") == 1 and text.startswith("# Benchmarks\n\nthe bench's part")
-    # `bizsre bench` rewrites its own part and keeps the section.
+    # What `bizsre bench` keeps when it rewrites its own part: the section, once.
     assert report.kept_sections(out_md).count("## Edit modes: cost") == 1

@@ -110,7 +110,8 @@ def as_dict(cost) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = ["## Edit modes: cost of accumulating edits", "",
-             f"Written by `{result['command']}`; machine: {result['machine']}; model: {result['model']}; "
+             f"Written by `python scripts/edit_mode_cost.py` (each row's command in {result.get('json', 'its JSON file')}); "
+             f"machine: {result['machine']}; model: {result['model']}; "
              f"test file: {result['test_file']}; protocol {result['protocol']}; tasks: all seven.", "",
              "*sequential* = the whole `edit_mode=sequential` pass over N cases (unedited answers, N edits without restore, "
              "immediate reliability answers, all post-edit answers, restores); *single applies* = the same N edits applied "
