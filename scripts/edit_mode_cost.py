@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--batch-methods", default="memit,alphaedit")
     add("--batch-cases", type=int, default=32)
     add("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hyperparameters for one method (default: its defaults)")
+    add("--note", default="", help="a remark on the conditions (e.g. other jobs sharing the machine), kept with the rows")
     add("--json", default="benchmarks/edit_modes.json")
     add("--markdown", default="BENCHMARKS.md", help="file whose 'edit-modes' section is (re)written; '' for none")
     args = parser.parse_args(argv)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("sequential", "batch"):
         measured = {row["method"] for row in result[mode]}
         kept = [{**row, "command": row.get("command", earlier.get("command"))} for row in earlier.get(mode, []) if row["method"] not in measured]
-        result[mode] = kept + [{**row, "command": result["command"]} for row in result[mode]]
+        result[mode] = kept + [{**row, "command": result["command"], "note": args.note} for row in result[mode]]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     text = edit_mode_cost.markdown(result)

@@ -127,4 +127,6 @@ def markdown(result: dict[str, Any]) -> str:
     for row in result["batch"]:
         lines.append(f"| {row['method']} | {row['cases']} | {row['batch_apply_s']:.1f} | {row['single_applies_s']:.1f} | "
                      f"{row['ratio']:.3f} | {'yes' if row['met'] else 'no'} |")
+    notes = dict.fromkeys(row["note"] for row in result["sequential"] + result["batch"] if row.get("note"))
+    lines += [""] + [f"Note: {note}" for note in notes] if notes else []
     return "\n".join(lines) + "\n"
