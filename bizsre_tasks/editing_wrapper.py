@@ -499,6 +499,8 @@ class EditedHFLM(HFLM):
                     immediate[case.case_key] = answer
                     run_state.record_immediate(case.case_key, answer)
                 self._answer_checkpoint(requests, cases, number, in_force)
+                if getattr(self, "_progress", None) is not None:  # the answer count stands still while edits pile up
+                    self._progress.set_postfix_str(f"edits {number}/{len(cases)}")
             answer_started = clock()
             post = [i for case in cases for i in case.post_edit]
             self._answer_and_store(requests, post, [in_force] * len(post), answers)
