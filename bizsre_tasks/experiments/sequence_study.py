@@ -156,6 +156,11 @@ def _immediate(result: RunResult) -> tuple[float, float] | None:
     return 100 * values["f1_immediate,none"], 100 * values["em_immediate,none"]
 
 
+def _evaluation_seconds(result: RunResult) -> float | None:
+    value = json.loads(result.path.read_text(encoding="utf-8")).get("total_evaluation_time_seconds")
+    return float(value) if value not in (None, "") else None
+
+
 def _row(result: RunResult, edits: int, key: str, f1: float, em: float, cases: int | None) -> dict:
     if key.startswith("reliability"):
         split, lang = key, result.edit_lang
@@ -249,7 +254,9 @@ def run_study(options: SequenceOptions, runner: Runner | None = None, show_progr
             continue
         finished = finished_result(run)
         rows = curve_rows(finished, run.folder / CHECKPOINT_FILE)
-        write_curve(path, run, options, finished, rows, time.monotonic() - started if result.finished else None)
+        # A run finished by an earlier invocation: lm-eval's own evaluation time.
+        wall = time.monotonic() - started if result.finished else _evaluation_seconds(finished)
+        write_curve(path, run, options, finished, rows, wall)
         outcome.finished.append(run.name)
         echo(f"curve {run.name} written to {path}")
     rows = [row for path in sorted((options.output / "curves").glob("*.json")) if (data := read_curve(path)) for row in data["rows"]]
