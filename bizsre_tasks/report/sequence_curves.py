@@ -8,6 +8,7 @@ import csv
 from pathlib import Path
 
 from bizsre_tasks.report.radar import MatplotlibMissing, headless_pyplot
+from bizsre_tasks.report.training_scale import figure_legend
 from bizsre_tasks.report.tables import LANGUAGE_ORDER, METHOD_ORDER, method_label, ordered
 
 SPLITS = ("reliability", "generality", "locality", "portability")
@@ -89,13 +90,7 @@ def write_plot(path: Path, rows: list[dict], edit_lang: str) -> Path:
         ax.set_title(f"{split.capitalize()} — edit in {edit_lang}", fontsize=10)
         ax.set_xlabel("sequential edits", fontsize=8)
     axes[0][0].set_ylabel("F1 (%)")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), frameon=False, fontsize=8)
+    figure_legend(fig, axes, max_columns=5)
     fig.suptitle(f"Scores vs. number of sequential edits, edit language {edit_lang} (solid: edit language, dashed: other)", fontsize=11)
     fig.tight_layout(rect=(0, 0.16, 1, 0.94))
     fig.savefig(path, dpi=120)

@@ -76,6 +76,17 @@ def markdown(points: list[dict], plot: Path | None) -> str:
     return "\n".join(lines)
 
 
+def figure_legend(fig, axes, max_columns: int) -> None:
+    """One legend under the panels, each label once (the panels repeat the same methods)."""
+    handles, labels = [], []
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(handle)
+                labels.append(label)
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), max_columns), frameon=False, fontsize=8)
+
+
 def write_plot(path: Path, points: list[dict]) -> Path:
     plt = headless_pyplot()
     edit_langs = ordered([p["edit_lang"] for p in points], LANGUAGE_ORDER)
@@ -104,13 +115,7 @@ def write_plot(path: Path, points: list[dict]) -> Path:
             ax.set_title(f"{split.capitalize()} — edit in {edit_lang}", fontsize=10)
             ax.set_xlabel("training examples", fontsize=8)
         row[0].set_ylabel("F1 (%)")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False, fontsize=8)
+    figure_legend(fig, axes, max_columns=6)
     fig.suptitle("Performance vs. training data (solid: edit language, dashed: the other language)", fontsize=11)
     fig.tight_layout(rect=(0, 0.1 if len(edit_langs) == 1 else 0.06, 1, 0.95))
     fig.savefig(path, dpi=120)
