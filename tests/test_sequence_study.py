@@ -53,3 +53,21 @@ def test_points_and_sweep_options(tmp_path):
     sweep = sweep_options(SequenceOptions(output=tmp_path, points=[1, 10, 50]))
     assert sweep.limit == 50 and sweep.extra_model_args == {"edit_mode": "sequential", "sequence_checkpoints": "1/10"}
     assert not sweep.answer_store and sweep.checkpoint_answers
+
+
+def test_hparams_of_one_method_reach_only_its_runs(tmp_path):
+    """--hparams for one of several methods: every run is started, each with its own method's file only."""
+    hparams = tmp_path / "ft.yaml"
+    hparams.write_text("layers: [1]\n")
+    commands = []
+
+    def failing_runner(command, log, progress):
+        commands.append(command)
+        return 1  # nothing runs; only the commands matter here
+
+    options = SequenceOptions(output=tmp_path / "study", points=[1, 2], methods=["ft", "rome"], edit_langs=["en"],
+                              hparams={"ft": str(hparams)})
+    outcome = run_study(options, runner=failing_runner, show_progress=False, echo=lambda m: None)
+    assert [name for name, _ in outcome.failed] == ["ft_en", "rome_en"]
+    ft_args, rome_args = (next(arg for arg in command if arg.startswith("method=")) for command in commands)
+    assert f"hparams={hparams}" in ft_args and "hparams=" not in rome_args

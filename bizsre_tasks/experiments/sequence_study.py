@@ -246,7 +246,9 @@ def run_study(options: SequenceOptions, runner: Runner | None = None, show_progr
         if read_curve(path) is not None:
             outcome.skipped.append(run.name)
             continue
-        one = replace(sweep, methods=[run.method], edit_langs=[run.edit_lang])
+        # one run at a time, with only its own method's hparams (the sweep refuses hparams of absent methods)
+        own_hparams = {method: path for method, path in sweep.hparams.items() if method == run.method}
+        one = replace(sweep, methods=[run.method], edit_langs=[run.edit_lang], hparams=own_hparams)
         started = time.monotonic()
         result = run_sweep(one, runner=runner, show_progress=show_progress, echo=echo)
         if result.failed:
