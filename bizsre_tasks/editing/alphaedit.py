@@ -65,9 +65,10 @@ def projected_update(basis: torch.Tensor, keys: torch.Tensor, residuals: torch.T
                      previous: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW (d_out, d), float64: the minimiser of ‖K ΔWᵀ − R‖² + ‖K_p ΔWᵀ‖² + l2‖ΔW‖² among ΔW = ΔW P,
     P = basis basisᵀ; keys K (n, d) and residuals R (n, d_out) as rows, `previous` = K_pᵀ K_p (d, d)."""
-    basis, keys, residuals = basis.double(), keys.double().cpu(), residuals.double().cpu()
+    basis = basis.double()
+    keys, residuals = keys.double().to(basis.device), residuals.double().to(basis.device)
     projected = keys @ basis  # (n, r)
-    system = projected.T @ projected + l2 * torch.eye(basis.shape[1], dtype=torch.float64)
+    system = projected.T @ projected + l2 * torch.eye(basis.shape[1], dtype=torch.float64, device=basis.device)
     if previous is not None:
         system = system + basis.T @ previous @ basis
     coordinates = torch.linalg.solve(system, projected.T @ residuals)  # Y: (r, d_out)
@@ -122,7 +123,7 @@ class AlphaEdit(Memit):
                 f"({self.hparams['nullspace_threshold']}) × the mean eigenvalue; raise it")
         self._key_scale[layer] = float(torch.diagonal(mom2).double().mean())
         logger.info("alphaedit: layer %d null space has %d of %d directions", layer, basis.shape[1], basis.shape[0])
-        return basis
+        return basis.to(self.context.device)  # the per-edit solve runs on the model's device
 
     def nullspace_dims(self) -> dict[int, int]:
         return {layer: int(basis.shape[1]) for layer, basis in self._layer_stats.items()}
@@ -149,7 +150,7 @@ class AlphaEdit(Memit):
                 basis = without_span(basis, previous)
             else:
                 gram = previous.T @ previous
-        self._pending[layer] = keys.detach().double().cpu()
+        self._pending[layer] = keys.detach().double().to(basis.device)
         return projected_update(basis, keys, residuals, self.hparams["L2"] * self._key_scale[layer], gram)
 
     def _guarded(self, run) -> WeightEdit:

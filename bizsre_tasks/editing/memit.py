@@ -105,13 +105,16 @@ class Memit(KeyValueEditor):
             raise ConfigurationError(f"hparams 'mom2_weight' must be positive, got {self.hparams['mom2_weight']!r}")
 
     def _factor(self, layer: int, mom2: torch.Tensor) -> torch.Tensor:
-        return regularised(mom2)  # MEMIT needs C itself: λC + KKᵀ changes with every edit
+        # MEMIT needs C itself (λC + KKᵀ changes with every edit); kept on the model's device, where the
+        # per-edit solve runs (on a GPU a d×d float64 solve on the CPU would cost more than the edit)
+        return regularised(mom2).to(self.context.device)
 
     def _layer_update(self, layer: int, keys: torch.Tensor, residuals: torch.Tensor) -> torch.Tensor:
-        """ΔW (d_out, d_in), float64 on the CPU, for one layer's keys K (n, d_in) and residuals R (n, d_out)."""
+        """ΔW (d_out, d_in), float64 on C's device, for one layer's keys K (n, d_in) and residuals R (n, d_out)."""
         cov = self._layer_stats[layer]
-        system = self.hparams["mom2_weight"] * cov + keys.T.cpu() @ keys.cpu()
-        return torch.linalg.solve(system, keys.T.cpu() @ residuals.cpu()).T  # ΔW = R K (λC + KᵀK)⁻¹
+        keys, residuals = keys.to(cov.device), residuals.to(cov.device)
+        system = self.hparams["mom2_weight"] * cov + keys.T @ keys
+        return torch.linalg.solve(system, keys.T @ residuals).T  # ΔW = R K (λC + KᵀK)⁻¹
 
     def apply_many(self, requests: list[EditRequest]) -> WeightEdit:
         """All `requests` installed by one update per layer (MEMIT's batch edit: every case's keys are
