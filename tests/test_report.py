@@ -123,21 +123,21 @@ def run_cli(argv: list[str], monkeypatch) -> int:
 def test_table_cells_are_exact(sweep_dir: Path, tmp_path: Path) -> None:
     report = build_report(ReportOptions([sweep_dir], tmp_path / "out"), warn=lambda m: None)
     rows = read_csv(tmp_path / "out" / "table2.csv")
-    assert rows[0] == ["Backbone", "Protocol", "Edit", "Method", "Reliability", "en Generality", "en Locality", "en Portability",
+    assert rows[0] == ["Backbone", "Protocol", "Edit mode", "Edit", "Method", "Reliability", "en Generality", "en Locality", "en Portability",
                        "zh Generality", "zh Locality", "zh Portability", "Cases"]
-    assert rows[1] == ["gemma3-270m", "teacher_forced", "en", "No edit", *["20.0 / 0.0"] * 7, "2"]
-    assert rows[2] == ["gemma3-270m", "teacher_forced", "en", "ROME", "75.0 / 50.0", "80.0 / 50.0", "90.0 / 100.0", "10.0 / 0.0",
+    assert rows[1] == ["gemma3-270m", "teacher_forced", "single", "en", "No edit", *["20.0 / 0.0"] * 7, "2"]
+    assert rows[2] == ["gemma3-270m", "teacher_forced", "single", "en", "ROME", "75.0 / 50.0", "80.0 / 50.0", "90.0 / 100.0", "10.0 / 0.0",
                        "30.0 / 0.0", "95.0 / 50.0", "0.0 / 0.0", "2"]
-    assert rows[3][2:5] == ["zh", "ROME", "40.0 / 0.0"]
-    assert rows[3][8] == "90.0 / 100.0"
+    assert rows[3][3:6] == ["zh", "ROME", "40.0 / 0.0"]
+    assert rows[3][9] == "90.0 / 100.0"
     assert "| en | ROME | 75.0 / 50.0 | 80.0 / 50.0 | 90.0 / 100.0 | 10.0 / 0.0 | 30.0 / 0.0 | 95.0 / 50.0 | 0.0 / 0.0 | 2 |" in report.markdown
 
 
 def test_gap_table(sweep_dir: Path, tmp_path: Path) -> None:
     build_report(ReportOptions([sweep_dir], tmp_path / "out"), warn=lambda m: None)
     rows = read_csv(tmp_path / "out" / "gap.csv")
-    assert rows[0] == ["Backbone", "Protocol", "Method", "en→zh", "zh→en"]
-    by_method = {row[2]: row[3:] for row in rows[1:]}
+    assert rows[0] == ["Backbone", "Protocol", "Edit mode", "Method", "en→zh", "zh→en"]
+    by_method = {row[3]: row[4:] for row in rows[1:]}
     assert by_method["ROME"] == ["+50.0", "+50.0"]  # en: 80 - 30; zh: 90 - 40
     assert by_method["No edit"] == ["+0.0", "–"]
 
@@ -159,9 +159,9 @@ def test_reference_side_by_side(sweep_dir: Path, tmp_path: Path) -> None:
     options = ReportOptions([sweep_dir], tmp_path / "out", DEFAULT_REFERENCE, ["Chinese-LLaMA-2-7B"])
     report = build_report(options, warn=lambda m: None)
     rows = read_csv(tmp_path / "out" / "comparison.csv")
-    assert rows[0][:7] == ["Backbone", "Protocol", "Paper backbone", "Edit", "Method", "Reliability ours", "Reliability paper"]
-    rome_en = next(row for row in rows if row[3:5] == ["en", "ROME"])
-    assert rome_en[5:7] == ["75.0 / 50.0", "77.7 / 68.0"]  # paper: 77.65 / 67.98
+    assert rows[0][:8] == ["Backbone", "Protocol", "Edit mode", "Paper backbone", "Edit", "Method", "Reliability ours", "Reliability paper"]
+    rome_en = next(row for row in rows if row[4:6] == ["en", "ROME"])
+    assert rome_en[6:8] == ["75.0 / 50.0", "77.7 / 68.0"]  # paper: 77.65 / 67.98
     assert (tmp_path / "out" / "radar_paper_Chinese-LLaMA-2-7B.png").is_file()
     assert "Published numbers" in report.markdown
 
@@ -174,7 +174,7 @@ def test_unknown_reference_backbone(sweep_dir: Path, tmp_path: Path, monkeypatch
 def test_cases_drill_down(sweep_dir: Path, tmp_path: Path) -> None:
     build_report(ReportOptions([sweep_dir], tmp_path / "out", cases=True), warn=lambda m: None)
     rows = read_csv(tmp_path / "out" / "cases.csv")
-    rome = [row for row in rows[1:] if row[2] == "rome" and row[3] == "en"]
+    rome = [row for row in rows[1:] if row[3] == "rome" and row[4] == "en"]
     assert len(rome) == 1
     header = rows[0]
     case = dict(zip(header, rome[0]))
@@ -252,8 +252,37 @@ def test_custom_reference_tsv(sweep_dir: Path, tmp_path: Path, monkeypatch, caps
     tsv = tmp_path / "mine.tsv"
     tsv.write_text("backbone\tedit_lang\tmethod\tmetric\tf1\tem\nTiny\ten\tROME\treliability\t12.34\t05.00\n", encoding="utf-8")
     assert run_cli(["report", str(sweep_dir), "--out", str(tmp_path / "o"), "--reference", str(tsv)], monkeypatch) == 0
-    rome_en = next(row for row in read_csv(tmp_path / "o" / "comparison.csv") if row[3:5] == ["en", "ROME"])
-    assert rome_en[2] == "Tiny" and rome_en[5:7] == ["75.0 / 50.0", "12.3 / 5.0"]
+    rome_en = next(row for row in read_csv(tmp_path / "o" / "comparison.csv") if row[4:6] == ["en", "ROME"])
+    assert rome_en[3] == "Tiny" and rome_en[6:8] == ["75.0 / 50.0", "12.3 / 5.0"]
     tsv.write_text("backbone\tedit_lang\tmethod\tmetric\tf1\tem\nTiny\ten\tROME\treliability\tabc\t05.00\n", encoding="utf-8")
     assert run_cli(["report", str(sweep_dir), "--out", str(tmp_path / "o"), "--reference", str(tsv)], monkeypatch) == 2
     assert f"{tsv}, line 2" in capsys.readouterr().err
+
+
+def test_sequential_runs_get_their_own_section_with_immediate_reliability(sweep_dir: Path, tmp_path: Path) -> None:
+    """A sequential run beside a single one of the same method: both kept, in separate sections; its
+    f1_immediate shows in the forgetting table; it is not set beside the paper's single-edit numbers."""
+    from bizsre_tasks.report.reference import DEFAULT_REFERENCE
+
+    args = {"method": "rome", "edit_lang": "en", "protocol": "teacher_forced", "edit_mode": "sequential"}
+    write_run(tmp_path / "sweep" / "rome_en_sequential", "rome", "en", flat_cases(0.3), model_args=args,
+              date="2026-01-03T03-04-05.678901")
+    path = next((sweep_dir / "rome_en_sequential").rglob("results_*.json"))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["results"]["bizsre_reliability"].update({"f1_immediate,none": 0.9, "em_immediate,none": 0.5})
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert read_results(path).immediate.f1 == pytest.approx(0.9)
+
+    options = ReportOptions([sweep_dir], tmp_path / "out", DEFAULT_REFERENCE, ["Chinese-LLaMA-2-7B"])
+    report = build_report(options, warn=lambda m: None)
+    assert len(report.runs) == 4  # the sequential run does not replace the single-mode ROME en run
+    table = read_csv(tmp_path / "out" / "table2.csv")
+    assert [row[2:5] for row in table[1:]] == [["single", "en", "No edit"], ["single", "en", "ROME"], ["single", "zh", "ROME"],
+                                               ["sequential", "en", "ROME"]]
+    forgetting = read_csv(tmp_path / "out" / "forgetting.csv")
+    assert forgetting[1] == ["gemma3-270m", "teacher_forced", "sequential", "en", "ROME", "30.0 / 0.0", "90.0 / 50.0", "+60.0"]
+    assert len(forgetting) == 2  # single-mode runs have no separate immediate score
+    compared = read_csv(tmp_path / "out" / "comparison.csv")
+    assert {row[2] for row in compared[1:]} == {"single"}
+    assert "## gemma3-270m, protocol teacher_forced, edit_mode sequential" in report.markdown
+    assert (tmp_path / "out" / "radar_gemma3-270m_teacher_forced_sequential.png").is_file()

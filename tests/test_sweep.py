@@ -187,7 +187,7 @@ def test_real_sweep_and_report_on_tiny_model(tiny_gemma: Path, tmp_path: Path, m
     assert code == 0, capsys.readouterr()
     assert cli.main(["report", str(out), "--cases"]) == 0
     rows = (out / "report" / "table2.csv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 2 and rows[1].startswith(f"{tiny_gemma.name},teacher_forced,zh,No edit,")
+    assert len(rows) == 2 and rows[1].startswith(f"{tiny_gemma.name},teacher_forced,single,zh,No edit,")
     assert (out / "report" / "cases.md").is_file()
     assert (out / "report" / f"radar_{tiny_gemma.name}_teacher_forced.png").is_file()
 

@@ -149,11 +149,9 @@ def curve_rows(result: RunResult, checkpoint_file: Path | None) -> list[dict]:
 
 
 def _immediate(result: RunResult) -> tuple[float, float] | None:
-    data = json.loads(result.path.read_text(encoding="utf-8"))
-    values = data["results"].get(result.task_names.get("reliability", "bizsre_reliability"), {})
-    if "f1_immediate,none" not in values:
+    if result.immediate is None:
         return None
-    return 100 * values["f1_immediate,none"], 100 * values["em_immediate,none"]
+    return 100 * result.immediate.f1, 100 * result.immediate.em
 
 
 def _evaluation_seconds(result: RunResult) -> float | None:

@@ -22,6 +22,10 @@ GAP_NOTE = (
     "Generality F1 in the edit language minus generality F1 in the other language, in points; positive values "
     "mean the edit carries over less to the other language."
 )
+FORGETTING_NOTE = (
+    "edit_mode=sequential: reliability of each case's edit after the whole sequence, beside the same question "
+    "answered right after that case's own edit (`f1_immediate`); the difference is what the later edits undid."
+)
 PAPER = 'Wang et al., "Cross-Lingual Knowledge Editing in Large Language Models", Tables 2 and 4'
 
 
@@ -47,11 +51,12 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "run"
 
 
-def group_runs(runs: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
-    groups: dict[tuple[str, str], list[RunResult]] = {}
+def group_runs(runs: list[RunResult]) -> dict[tuple[str, str, str], list[RunResult]]:
+    """(backbone, protocol, edit mode) -> its runs: a sequential run is another experiment than a single one."""
+    groups: dict[tuple[str, str, str], list[RunResult]] = {}
     for run in runs:
-        groups.setdefault((run.backbone, run.protocol), []).append(run)
-    return dict(sorted(groups.items()))
+        groups.setdefault((run.backbone, run.protocol, run.edit_mode), []).append(run)
+    return dict(sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] != "single", item[0][2])))
 
 
 def _select_reference(options: ReportOptions) -> dict[str, list[RunResult]]:
@@ -77,6 +82,7 @@ class _Parts:
     table_csv: list = field(default_factory=list)
     gap_csv: list = field(default_factory=list)
     compare_csv: list = field(default_factory=list)
+    forgetting_csv: list = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     case_md: list[str] = field(default_factory=list)
     case_groups: list = field(default_factory=list)
@@ -92,14 +98,14 @@ def build_report(options: ReportOptions, warn=print) -> Report:
     languages, directions = tables.languages_of(everything), tables.gap_directions(everything)
     parts = _Parts()
     md = ["# Bi-ZsRE results", "", f"From {len(runs)} lm-eval run(s) under {', '.join(map(str, options.inputs))}.", "", CELL_NOTE, ""]
-    for (backbone, protocol), group in group_runs(runs).items():
-        md += _backbone_section(backbone, protocol, group, reference, languages, directions, options, parts, warn)
+    for (backbone, protocol, mode), group in group_runs(runs).items():
+        md += _backbone_section(backbone, protocol, mode, group, reference, languages, directions, options, parts, warn)
     if reference:
         md += [f"## Published numbers ({PAPER})", "", "Teacher-forced decoding, as in the paper.", ""]
         for ref_backbone, refs in reference.items():
             radar = _radar(refs, languages, f"{ref_backbone} (published)", out / f"radar_paper_{slug(ref_backbone)}.png", parts.files, warn)
             md += [f"### {ref_backbone}", "", tables.to_markdown(tables.results_table(refs, languages)), radar, ""]
-    parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv)
+    parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv, parts.forgetting_csv)
     if options.cases:
         path = out / "cases.md"
         path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(parts.case_md), encoding="utf-8")
@@ -110,16 +116,24 @@ def build_report(options: ReportOptions, warn=print) -> Report:
     return Report("\n".join(md), "\n".join(parts.summary), [report_md, *parts.files], runs)
 
 
-def _backbone_section(backbone, protocol, group, reference, languages, directions, options, parts: _Parts, warn) -> list[str]:
-    labels = {"Backbone": backbone, "Protocol": protocol}
-    title = f"{backbone}, protocol {protocol}"
+def _backbone_section(backbone, protocol, mode, group, reference, languages, directions, options, parts: _Parts, warn) -> list[str]:
+    labels = {"Backbone": backbone, "Protocol": protocol, "Edit mode": mode}
+    title = f"{backbone}, protocol {protocol}" + ("" if mode == "single" else f", edit_mode {mode}")
+    figure = f"radar_{slug(backbone)}_{protocol}" + ("" if mode == "single" else f"_{slug(mode)}")
     main, gaps = tables.results_table(group, languages), tables.gap_table(group, reference, directions)
     parts.table_csv.append((labels, main))
     parts.gap_csv.append((labels, gaps))
     parts.summary += [f"{title}:", tables.to_markdown(main)]
-    radar = _radar(group, languages, title, options.out / f"radar_{slug(backbone)}_{protocol}.png", parts.files, warn)
+    radar = _radar(group, languages, title, options.out / f"{figure}.png", parts.files, warn)
     md = [f"## {title}", "", tables.to_markdown(main), radar, ""]
+    forgetting = tables.forgetting_table(group)
+    if forgetting.rows:
+        parts.forgetting_csv.append((labels, forgetting))
+        md += ["### Reliability right after each edit", "", FORGETTING_NOTE, "", tables.to_markdown(forgetting), ""]
     md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
+    if mode != "single" and reference:
+        md += ["", f"(No comparison with the published numbers: the paper edits each case alone; these runs used edit_mode {mode}.)"]
+        reference = {}
     for ref_backbone, refs in reference.items():
         comparison = tables.comparison_table(group, refs, languages)
         parts.compare_csv.append(({**labels, "Paper backbone": ref_backbone}, comparison))
@@ -134,7 +148,7 @@ def _backbone_section(backbone, protocol, group, reference, languages, direction
     if options.cases:
         text, items = case_drill.cases_markdown(title, group)
         parts.case_md.append(text)
-        parts.case_groups.append(({"backbone": backbone, "protocol": protocol}, items))
+        parts.case_groups.append(({"backbone": backbone, "protocol": protocol, "edit_mode": mode}, items))
     return md
 
 
@@ -148,9 +162,10 @@ def _radar(runs: list[RunResult], languages: list[str], title: str, path: Path, 
     return f"![radar chart]({path.name})"
 
 
-def _write_tables(out: Path, table_csv, gap_csv, compare_csv) -> list[Path]:
+def _write_tables(out: Path, table_csv, gap_csv, compare_csv, forgetting_csv) -> list[Path]:
     written = []
-    for name, content in (("table2.csv", table_csv), ("gap.csv", gap_csv), ("comparison.csv", compare_csv)):
+    for name, content in (("table2.csv", table_csv), ("gap.csv", gap_csv), ("comparison.csv", compare_csv),
+                          ("forgetting.csv", forgetting_csv)):
         if content:
             tables.write_csv(out / name, content)
             written.append(out / name)

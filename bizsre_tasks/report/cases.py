@@ -120,11 +120,11 @@ def write_cases_csv(path: Path, groups: list[tuple[dict[str, str], list[RunCases
               "other_question", "other_gold", "other_answer", "other_f1", "other_em"]
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["backbone", "protocol", *fields])
+        writer.writerow(["backbone", "protocol", "edit_mode", *fields])
         for labels, items in groups:
             for item in items:
                 for f in item.failures:
                     writer.writerow([
-                        labels["backbone"], labels["protocol"], item.run.method, item.run.edit_lang, item.other_lang, f.case_id,
+                        labels["backbone"], labels["protocol"], labels.get("edit_mode", "single"), item.run.method, item.run.edit_lang, item.other_lang, f.case_id,
                         f.edit.question, f.edit.gold, f.edit.answer, f.other.question, f.other.gold, f.other.answer, f.other.f1, f.other.em,
                     ])

@@ -52,6 +52,16 @@ class RunResult:
     model_args: dict[str, str] = field(default_factory=dict)
     limit: float | None = None
     task_names: dict[str, str] = field(default_factory=dict)  # metric key -> lm-eval task name
+    # edit_mode=sequential: reliability right after each case's own edit (f1_immediate / em_immediate)
+    immediate: Score | None = None
+
+    @property
+    def edit_mode(self) -> str:
+        """`single`, `sequential`, or `batch of N` (the wrapper's edit_mode; the plain hf model: single)."""
+        mode = self.model_args.get("edit_mode") or "single"
+        if mode == "batch":
+            return f"batch of {self.model_args.get('edits_per_batch', '?')}"
+        return mode
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -125,6 +135,7 @@ def read_results(path: Path, backbone: str | None = None) -> RunResult | None:
         raise ResultsFileError(f"results file {path} has no 'results' mapping; is it an lm-eval results file?")
     scores: dict[str, Score] = {}
     task_names: dict[str, str] = {}
+    immediate = None
     for task, values in data["results"].items():
         match = TASK_NAME.match(task)
         if not match or not isinstance(values, dict):
@@ -135,6 +146,9 @@ def read_results(path: Path, backbone: str | None = None) -> RunResult | None:
             raise ResultsFileError(f"results file {path}: task {task} has no f1/em values")
         scores[key] = Score(f1, em)
         task_names[key] = task
+        if key == "reliability":
+            f1_now, em_now = _metric(values, "f1_immediate"), _metric(values, "em_immediate")
+            immediate = Score(f1_now, em_now) if f1_now is not None and em_now is not None else None
     if not scores:
         return None
     config = data.get("config") or {}
@@ -154,6 +168,8 @@ def read_results(path: Path, backbone: str | None = None) -> RunResult | None:
         model_args=model_args,
         limit=config.get("limit"),
         task_names=task_names,
+        # outside sequential mode the immediate answer is the answer itself: nothing to add
+        immediate=immediate if model_args.get("edit_mode") == "sequential" else None,
     )
 
 
@@ -185,8 +201,8 @@ def unfinished_run_folders(root: Path) -> list[Path]:
 
 
 def load_runs(roots: list[Path], skip_incomplete: bool = False, warn=print) -> list[RunResult]:
-    """Every Bi-ZsRE run under `roots`; when a run was repeated (same backbone, protocol, method,
-    edit language) the newest results file wins."""
+    """Every Bi-ZsRE run under `roots`; when a run was repeated (same backbone, protocol, edit mode,
+    method, edit language) the newest results file wins."""
     files: list[Path] = []
     for root in roots:
         for folder in unfinished_run_folders(root):
@@ -203,7 +219,7 @@ def load_runs(roots: list[Path], skip_incomplete: bool = False, warn=print) -> l
         if run is None:
             warn(f"note: {path} holds no Bi-ZsRE task; ignored")
             continue
-        key = (run.backbone, run.protocol, run.method, run.edit_lang)
+        key = (run.backbone, run.protocol, run.edit_mode, run.method, run.edit_lang)
         if key in latest:
             older, newer = sorted((latest[key], run), key=lambda r: r.date_id)
             warn(f"note: {newer.path} repeats the run in {older.path}; using the newer one")

@@ -74,6 +74,18 @@ def results_table(runs: list[RunResult], languages: list[str]) -> Table:
     return Table(header, rows)
 
 
+def forgetting_table(runs: list[RunResult]) -> Table:
+    """edit_mode=sequential: reliability after the whole sequence beside the score right after each case's
+    own edit; the difference is what later edits undid."""
+    header = ["Edit", "Method", "Reliability after all edits", "Reliability right after its edit", "F1 lost (points)"]
+    rows = []
+    for run in sort_runs([r for r in runs if r.immediate is not None]):
+        final = run.scores.get("reliability")
+        lost = f"{round(100 * (run.immediate.f1 - final.f1), 6):+.1f}" if final is not None else MISSING
+        rows.append([run.edit_lang, method_label(run.method), cell(final), cell(run.immediate), lost])
+    return Table(header, rows)
+
+
 def comparison_table(ours: list[RunResult], reference: list[RunResult], languages: list[str]) -> Table:
     """Each metric twice, ours then the published value; rows for every (edit language, method) in either."""
     columns = metric_columns(languages)
