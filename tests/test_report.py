@@ -133,6 +133,16 @@ def test_table_cells_are_exact(sweep_dir: Path, tmp_path: Path) -> None:
     assert "| en | ROME | 75.0 / 50.0 | 80.0 / 50.0 | 90.0 / 100.0 | 10.0 / 0.0 | 30.0 / 0.0 | 95.0 / 50.0 | 0.0 / 0.0 | 2 |" in report.markdown
 
 
+def test_findings_section_and_csv(sweep_dir: Path, tmp_path: Path) -> None:
+    report = build_report(ReportOptions([sweep_dir], tmp_path / "out"), warn=lambda m: None)
+    rows = read_csv(tmp_path / "out" / "findings.csv")
+    assert rows[0] == ["Backbone", "Protocol", "Edit mode", "Finding", "Claim", "Held", "Evidence"]
+    verdicts = {row[3]: row[5] for row in rows[1:]}
+    # fixture: ROME en generality 80 vs 30, ROME zh 90 vs 40; no IKE run; one unedited run (one edit language)
+    assert verdicts == {"a": "not decided", "b": "held", "c": "held", "d": "not decided"}
+    assert "### The paper's findings, measured here" in report.markdown
+
+
 def test_gap_table(sweep_dir: Path, tmp_path: Path) -> None:
     build_report(ReportOptions([sweep_dir], tmp_path / "out"), warn=lambda m: None)
     rows = read_csv(tmp_path / "out" / "gap.csv")

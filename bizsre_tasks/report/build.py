@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from bizsre_tasks.errors import BizsreError
 from bizsre_tasks.report import cases as case_drill
+from bizsre_tasks.report import findings as paper_findings
 from bizsre_tasks.report import tables
 from bizsre_tasks.report.radar import MatplotlibMissing, write_radar
 from bizsre_tasks.report.reference import REFERENCE_PROTOCOL, load_reference
@@ -25,6 +27,10 @@ GAP_NOTE = (
 FORGETTING_NOTE = (
     "edit_mode=sequential: reliability of each case's edit after the whole sequence, beside the same question "
     "answered right after that case's own edit (`f1_immediate`); the difference is what the later edits undid."
+)
+FINDINGS_NOTE = (
+    "The paper's four findings as tests on these runs' F1 scores; the criteria are in `bizsre_tasks/report/findings.py` "
+    "(docs/cli.md). A finding whose runs are missing is not decided."
 )
 PAPER = 'Wang et al., "Cross-Lingual Knowledge Editing in Large Language Models", Tables 2 and 4'
 
@@ -83,6 +89,7 @@ class _Parts:
     gap_csv: list = field(default_factory=list)
     compare_csv: list = field(default_factory=list)
     forgetting_csv: list = field(default_factory=list)
+    findings_csv: list = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
     case_md: list[str] = field(default_factory=list)
     case_groups: list = field(default_factory=list)
@@ -105,7 +112,11 @@ def build_report(options: ReportOptions, warn=print) -> Report:
         for ref_backbone, refs in reference.items():
             radar = _radar(refs, languages, f"{ref_backbone} (published)", out / f"radar_paper_{slug(ref_backbone)}.png", parts.files, warn)
             md += [f"### {ref_backbone}", "", tables.to_markdown(tables.results_table(refs, languages)), radar, ""]
+            md += ["The same finding criteria applied to the published numbers:", "",
+                   paper_findings.to_markdown(paper_findings.evaluate(refs)), ""]
     parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv, parts.forgetting_csv)
+    if parts.findings_csv:
+        parts.files.append(_write_findings(out / "findings.csv", parts.findings_csv))
     if options.cases:
         path = out / "cases.md"
         path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(parts.case_md), encoding="utf-8")
@@ -131,6 +142,10 @@ def _backbone_section(backbone, protocol, mode, group, reference, languages, dir
         parts.forgetting_csv.append((labels, forgetting))
         md += ["### Reliability right after each edit", "", FORGETTING_NOTE, "", tables.to_markdown(forgetting), ""]
     md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
+    if mode == "single":
+        measured = paper_findings.evaluate(group)
+        parts.findings_csv.append((labels, measured))
+        md += ["", "### The paper's findings, measured here", "", FINDINGS_NOTE, "", paper_findings.to_markdown(measured), ""]
     if mode != "single" and reference:
         md += ["", f"(No comparison with the published numbers: the paper edits each case alone; these runs used edit_mode {mode}.)"]
         reference = {}
@@ -160,6 +175,16 @@ def _radar(runs: list[RunResult], languages: list[str], title: str, path: Path, 
         warn(f"warning: {exc}; no radar chart")
         return ""
     return f"![radar chart]({path.name})"
+
+
+def _write_findings(path: Path, groups: list[tuple[dict[str, str], list[paper_findings.Finding]]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*groups[0][0], "Finding", "Claim", "Held", "Evidence"])
+        for labels, measured in groups:
+            for finding in measured:
+                writer.writerow([*labels.values(), finding.key, finding.claim, paper_findings.verdict(finding), finding.evidence])
+    return path
 
 
 def _write_tables(out: Path, table_csv, gap_csv, compare_csv, forgetting_csv) -> list[Path]:
