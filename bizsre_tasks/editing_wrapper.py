@@ -264,20 +264,21 @@ class EditedHFLM(HFLM):
             )
         if self.protocol == "teacher_forced":
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
-            return self._teacher_forced(contexts, targets, edits)
+            prefixes = [edit.prefix_for(requests[i].args[0]) for i, edit in zip(indices, edits)]
+            return self._teacher_forced(contexts, targets, prefixes)
         # Rows stop once their first non-empty line is complete (the answer, `answer_lines`), not at max_gen_toks.
         end = {"logits_processor": LogitsProcessorList([EndAfterFirstLine(self.tokenizer)])}
         plain = [_Request(context, {**requests[i].args[1], **end}) for context, i in zip(contexts, indices)]
         return super().generate_until(plain, disable_tqdm=True)
 
-    def _teacher_forced(self, contexts: list[str], targets: list[str], edits: list[AppliedEdit]) -> list[str]:
-        """Teacher-forced answers. The prompts of an edit with a `shared_prefix` are answered together,
-        computing that prefix once (for IKE several times faster than batching its long prompts across
-        cases); the others are batched across cases."""
+    def _teacher_forced(self, contexts: list[str], targets: list[str], prefixes: list[str | None]) -> list[str]:
+        """Teacher-forced answers. Prompts that share a prefix (`AppliedEdit.prefix_for`: IKE's
+        demonstrations) are answered together, computing that prefix once (for IKE several times faster
+        than batching its long prompts across cases); the others are batched across cases."""
         batch_size = self._teacher_forcing_batch_size()
         answers = [""] * len(contexts)
         grouped: set[int] = set()
-        for prefix, positions in shared_prefix_groups(contexts, [edit.shared_prefix for edit in edits]).items():
+        for prefix, positions in shared_prefix_groups(contexts, prefixes).items():
             suffixes, suffix_targets = [contexts[p][len(prefix) :] for p in positions], [targets[p] for p in positions]
             self._store(answers, positions, shared_prefix_answers(self.model, self.tokenizer, prefix, suffixes, suffix_targets, batch_size))
             grouped.update(positions)

@@ -293,3 +293,30 @@ def test_sequential_lm_eval_run_keeps_every_edit_so_far(tiny_gemma, tmp_path, mo
     results = run_harness(args, ["bizsre_reliability", "bizsre_generality_zh"], limit=3)
     assert sizes == [1, 2, 3]
     assert "f1_immediate,none" in results["results"]["bizsre_reliability"]
+
+
+def test_memory_prompts_with_the_same_closest_fact_share_its_demonstrations(tiny, tmp_path):
+    """Several edits in force: prompts whose closest fact is the same share that fact's demonstrations as a
+    prefix (computed once by the wrapper); grouped answers equal full teacher forcing."""
+    from bizsre_tasks.editing.base import EditStack
+    from bizsre_tasks.wrapper.prefix_cache import shared_prefix_answers, shared_prefix_groups
+    from bizsre_tasks.wrapper.teacher_forcing import teacher_forced_answers
+
+    model, tokenizer = tiny
+    method = make_method(tiny, flat_train_file(tmp_path), k=3)
+    requests = [request(f"Who is the author of Blue Lotus volume {n}?", f"Author{n}") for n in range(3)]
+    memory = EditStack([method.apply_many(requests)])  # as the wrapper holds it in a sequence
+    asked = [req.prompt for req in requests for _ in range(2)] + [prompts.build_prompt("Where is Paris?", "en")]
+    targets = [f" Author{n}" for n in range(3) for _ in range(2)] + [" France"]
+    contexts = [memory.rewrite_prompt(p) for p in asked]
+    prefixes = [memory.prefix_for(p) for p in asked]
+    assert all(prefix and context.startswith(prefix) for prefix, context in zip(prefixes, contexts))
+    groups = shared_prefix_groups(contexts, prefixes)
+    assert max(len(positions) for positions in groups.values()) >= 2  # some prompts share their demonstrations
+    grouped = [""] * len(asked)
+    for prefix, positions in groups.items():
+        answers = shared_prefix_answers(model, tokenizer, prefix, [contexts[p][len(prefix):] for p in positions], [targets[p] for p in positions])
+        for position, answer in zip(positions, answers):
+            grouped[position] = answer
+    assert sorted(p for positions in groups.values() for p in positions) == list(range(len(asked)))
+    assert grouped == teacher_forced_answers(model, tokenizer, contexts, targets)

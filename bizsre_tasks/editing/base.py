@@ -93,6 +93,11 @@ class AppliedEdit:
     def rewrite_prompt(self, prompt: str) -> str:
         return prompt
 
+    def prefix_for(self, prompt: str) -> str | None:
+        """The text in front of `rewrite_prompt(prompt)` that other prompts under this edit may share (the
+        wrapper computes it once for all prompts with the same one), or None. Default: `shared_prefix`."""
+        return self.shared_prefix
+
     def restore(self) -> None:
         return None
 
@@ -114,6 +119,14 @@ class EditStack(AppliedEdit):
         for edit in self.edits:
             prompt = edit.rewrite_prompt(prompt)
         return prompt
+
+    def prefix_for(self, prompt: str) -> str | None:
+        if self.shared_prefix is not None or not self.edits:
+            return self.shared_prefix
+        # the last edit's text comes first: its prefix for the prompt the others made
+        for edit in self.edits[:-1]:
+            prompt = edit.rewrite_prompt(prompt)
+        return self.edits[-1].prefix_for(prompt)
 
     def restore(self) -> None:
         for edit in reversed(self.edits):

@@ -62,7 +62,8 @@ class InContextEdit(AppliedEdit):
 class InContextMemory(AppliedEdit):
     """Several facts in force: each prompt is preceded by the facts most similar to its question (at most
     `MEMORY_FACTS`, the most similar last, just before the prompt), after the demonstrations chosen for
-    that most similar fact. The text depends on the question, so there is no shared prefix."""
+    that most similar fact. There is no prefix shared by every prompt, but prompts whose most similar fact
+    is the same share its demonstrations (`prefix_for`), which the wrapper then computes once for them."""
 
     def __init__(self, method: InContextEditing, requests: list[EditRequest], keys):
         self.method = method
@@ -70,19 +71,30 @@ class InContextMemory(AppliedEdit):
         self.keys = torch.nn.functional.normalize(keys.float(), dim=-1)
         self.queries = keys
         self._demos: dict[int, str] = {}
+        self._chosen: dict[str, list[int]] = {}  # prompt -> its facts, most similar last
+
+    def _facts_for(self, prompt: str) -> list[int]:
+        if prompt not in self._chosen:
+            query = self.method.encoder.encode([question_from_prompt(prompt)], batch_size=1)[0]
+            scores = self.keys @ torch.nn.functional.normalize(query.float(), dim=-1)
+            self._chosen[prompt] = scores.argsort(descending=True)[: self.method.MEMORY_FACTS].tolist()[::-1]
+        return self._chosen[prompt]
+
+    def _demonstrations(self, fact: int) -> str:
+        if fact not in self._demos:
+            self._demos[fact] = self.method.demonstrations_text(self.requests[fact], self.queries[fact])
+        return self._demos[fact]
+
+    def prefix_for(self, prompt: str) -> str | None:
+        return self._demonstrations(self._facts_for(prompt)[-1]) or None
 
     def rewrite_prompt(self, prompt: str) -> str:
         method = self.method
-        query = method.encoder.encode([question_from_prompt(prompt)], batch_size=1)[0]
-        scores = self.keys @ torch.nn.functional.normalize(query.float(), dim=-1)
-        chosen = scores.argsort(descending=True)[: method.MEMORY_FACTS].tolist()[::-1]  # most similar last
-        top = chosen[-1]
-        if top not in self._demos:
-            self._demos[top] = method.demonstrations_text(self.requests[top], self.queries[top])
+        chosen = self._facts_for(prompt)
         label = method.hparams["fact_label"]
         facts = "".join(fact_line(method.edit_question(self.requests[i]), self.requests[i].target, self.requests[i].lang, label) + "\n"
                         for i in chosen)
-        return self._demos[top] + facts + prompt
+        return self._demonstrations(chosen[-1]) + facts + prompt
 
 
 def resolve_pool_source(context_train_file: str | None, hparam_train_file: str) -> Path | None:
