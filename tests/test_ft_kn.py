@@ -12,6 +12,7 @@ from bizsre_tasks.editing.common import (
     build_batch,
     encode_prompt,
     logits_at,
+    mean_target_nll,
     target_nll,
 )
 from bizsre_tasks.editing.ft import UpperStack
@@ -59,6 +60,42 @@ def test_upper_stack_reproduces_full_forward(tiny_context):
 
 
 # --- FT-L ---------------------------------------------------------------------------------------
+def test_last_prompt_loss_takes_one_softmax_per_row_with_the_same_loss_and_gradient(tiny_context, monkeypatch):
+    """FT's `last_prompt` loss scores every target token at one position: one softmax per row, the loss and
+    its gradient those of the textbook logits (and of one softmax per token)."""
+    import dataclasses
+
+    from bizsre_tasks.editing.tensors import head_softmax
+
+    ctx = tiny_context
+    batch = build_batch(ctx.tokenizer, [REQUEST.prompt, REQUEST_ZH.prompt], [REQUEST.target_text, REQUEST_ZH.target_text])
+    batch = dataclasses.replace(batch, positions=torch.where(batch.target_mask, batch.positions[:, :1], 0))
+    weight = ctx.layout.weight_parameter("mlp_out", 1)
+    softmaxes = []
+    original = head_softmax.log_normaliser
+    monkeypatch.setattr(head_softmax, "log_normaliser", lambda head, hidden: softmaxes.append(len(hidden)) or original(head, hidden))
+
+    def loss_and_grad(compute):
+        weight.requires_grad_(True)
+        weight.grad = None
+        stack = UpperStack(ctx.model, ctx.layout, 1, batch)
+        loss = compute(stack)
+        loss.backward()
+        grad = weight.grad.clone()
+        weight.grad = None
+        weight.requires_grad_(False)
+        return loss.detach(), grad
+
+    textbook = loss_and_grad(lambda stack: mean_target_nll(stack.logits(), batch))
+    shared = loss_and_grad(lambda stack: stack.target_nll(head_softmax.HeadObjective(ctx.model)))
+    monkeypatch.setattr(UpperStack, "_one_position_per_row", lambda self: False)
+    per_token = loss_and_grad(lambda stack: stack.target_nll(head_softmax.HeadObjective(ctx.model)))
+    for other in (shared, per_token):
+        assert torch.allclose(other[0], textbook[0], atol=1e-5) and torch.allclose(other[1], textbook[1], atol=1e-5)
+    if head_softmax._head(ctx.model) is not None:  # the one-pass route: rows per softmax call
+        assert softmaxes == [2, batch.target_ids.numel()]
+
+
 def test_ft_restores_bitwise(tiny_context):
     method = build_method("ft", tiny_context, {"layers": [1, 2], "steps": 5, "norm_constraint": 0.01, "early_stop_nll": 0.0})
     before = _snapshot(tiny_context.model)

@@ -87,8 +87,16 @@ class HeadObjective:
         self.reverse_kl = reverse_kl
         self._reference: tuple | None = None
 
-    def __call__(self, target_hidden: torch.Tensor, target_ids: torch.Tensor, drift_hidden: torch.Tensor | None):
-        """`target_hidden` (N, d), `target_ids` (N,) → log-probs (N,), KL per drift row (K,) or None."""
+    def __call__(self, target_hidden: torch.Tensor, target_ids: torch.Tensor, drift_hidden: torch.Tensor | None,
+                 rows: torch.Tensor | None = None):
+        """`target_hidden` (N, d), `target_ids` (N,) → log-probs (N,), KL per drift row (K,) or None.
+
+        `rows` (M,): target i is scored at `target_hidden[rows[i]]` instead (M targets over N distinct rows),
+        so a row that scores several tokens pays for one softmax (FT's `last_prompt` loss); no drift rows then."""
+        if rows is not None:
+            if drift_hidden is not None:
+                raise ValueError("rows= scores targets only; pass no drift rows with it")
+            return self._shared_rows(target_hidden, target_ids, rows), None
         if self.reverse_kl and drift_hidden is not None:
             log_probs, _ = self(target_hidden, target_ids, None)
             now = torch.log_softmax(head_logits(self.model, drift_hidden).float(), dim=-1)
@@ -114,6 +122,17 @@ class HeadObjective:
         lse0, expected0, hidden0 = self._reference
         drift = lse[n:] - lse0 - ((drift_hidden.float() - hidden0) * expected0).sum(-1)
         return log_probs, drift
+
+    def _shared_rows(self, hidden: torch.Tensor, target_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            log_probs = torch.log_softmax(head_logits(self.model, hidden).float(), dim=-1)
+            return log_probs[rows, target_ids]
+        lse, _ = log_normaliser(self.head, hidden)
+        weight = self.head.weight[target_ids]
+        target_logits = (hidden[rows] * weight.to(hidden.dtype)).sum(-1).float()
+        if self.head.bias is not None:
+            target_logits = target_logits + self.head.bias[target_ids].float()
+        return target_logits - lse[rows]
 
     def keep_drift_rows(self, kept: torch.Tensor) -> None:
         """Keep the recorded original distribution only for the drift rows where `kept` (a mask) is True:
