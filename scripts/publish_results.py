@@ -5,7 +5,8 @@ For every run folder `SWEEP/<method>_<edit_lang>/` whose newest lm-eval results 
 the JSON (not the per-sample files, which are large) goes to `OUT/<method>_<edit_lang>/`, and one line per
 run is written to `OUT/runs.csv`: method, edit language, protocol, cases, the run's lm-eval wall time and
 the command line the sweep ran (the first line of the run's `lm_eval.log`). Unfinished runs are listed and
-skipped, so the script can be run again as a sweep goes on.
+skipped, so the script can be run again as a sweep goes on. Rows already in `OUT/runs.csv` for runs not in this
+sweep folder are kept (runs published from earlier machines), so a sweep can be published piece by piece.
 
 Example:
     python scripts/publish_results.py /work/sweeps/paper results/gemma3-270m/paper
@@ -61,10 +62,17 @@ def main(argv: list[str] | None = None) -> int:
             "cases": result.cases if result.cases is not None else "", "wall_s": round(float(wall)), "command": command,
         })
     options.out.mkdir(parents=True, exist_ok=True)
-    with (options.out / "runs.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["run", "method", "edit_lang", "protocol", "cases", "wall_s", "command"])
+    listing = options.out / "runs.csv"
+    fields = ["run", "method", "edit_lang", "protocol", "cases", "wall_s", "command"]
+    republished = {row["run"] for row in rows}
+    kept = []
+    if listing.is_file():
+        with listing.open(newline="", encoding="utf-8") as handle:
+            kept = [row for row in csv.DictReader(handle) if row.get("run") not in republished]
+    with listing.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(sorted(kept + rows, key=lambda row: row["run"]))
     print(f"published {len(rows)} run(s) to {options.out}" + (f"; not finished: {', '.join(missing)}" if missing else ""))
     return 0
 

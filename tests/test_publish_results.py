@@ -47,3 +47,18 @@ def test_finished_runs_are_published_and_unfinished_ones_skipped(tmp_path, monke
 def test_a_missing_sweep_folder_is_an_error(tmp_path, monkeypatch, capsys):
     assert _publish(monkeypatch, tmp_path / "nothing", tmp_path / "out") == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+def test_rows_of_runs_published_earlier_are_kept(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "rome_en", TASKS, 61.6)
+    assert _publish(monkeypatch, tmp_path / "sweep", tmp_path / "out") == 0
+    # another machine, another sweep folder: rome_zh now, and rome_en again with a new wall time
+    (tmp_path / "sweep").rename(tmp_path / "first")
+    _run(tmp_path, "rome_zh", TASKS, 30)
+    assert _publish(monkeypatch, tmp_path / "sweep", tmp_path / "out") == 0
+    rows = {row["run"]: row["wall_s"] for row in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
+    assert rows == {"rome_en": "62", "rome_zh": "30"}
+    _run(tmp_path, "rome_en", TASKS, 99)
+    assert _publish(monkeypatch, tmp_path / "sweep", tmp_path / "out") == 0
+    rows = {row["run"]: row["wall_s"] for row in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
+    assert rows == {"rome_en": "99", "rome_zh": "30"}
