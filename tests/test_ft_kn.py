@@ -88,8 +88,13 @@ def test_last_prompt_loss_takes_one_softmax_per_row_with_the_same_loss_and_gradi
 
     textbook = loss_and_grad(lambda stack: mean_target_nll(stack.logits(), batch))
     shared = loss_and_grad(lambda stack: stack.target_nll(head_softmax.HeadObjective(ctx.model)))
-    monkeypatch.setattr(UpperStack, "_one_position_per_row", lambda self: False)
-    per_token = loss_and_grad(lambda stack: stack.target_nll(head_softmax.HeadObjective(ctx.model)))
+
+    def per_token_loss(stack):
+        assert stack.one_position_per_row
+        stack.one_position_per_row = False  # the route before: one softmax per target token
+        return stack.target_nll(head_softmax.HeadObjective(ctx.model))
+
+    per_token = loss_and_grad(per_token_loss)
     for other in (shared, per_token):
         assert torch.allclose(other[0], textbook[0], atol=1e-5) and torch.allclose(other[1], textbook[1], atol=1e-5)
     if head_softmax._head(ctx.model) is not None:  # the one-pass route: rows per softmax call

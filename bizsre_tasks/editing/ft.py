@@ -85,6 +85,8 @@ class UpperStack:
     def __init__(self, model, layout, first: int, batch: PromptTargetBatch):
         self.model = model
         self.batch = batch
+        # every target token of a row scored at one position (the last_prompt loss): one softmax per row
+        self.one_position_per_row = bool(((batch.positions == batch.positions[:, :1]) | ~batch.target_mask).all())
         self.layers = list(layout.module("layers"))[first:]
         self.final_norm = layout.module("final_norm")
         self.calls: list[tuple[tuple, dict]] = []
@@ -153,17 +155,12 @@ class UpperStack:
             return mean_target_nll(self.logits(), self.batch)
         hidden = self.target_hidden()
         ids = self.batch.target_ids.clamp(min=0)
-        if self._one_position_per_row():
-            # every token of a row is scored at the same position ("last_prompt"): one softmax per row
+        if self.one_position_per_row:
             rows = torch.arange(ids.shape[0], device=ids.device).repeat_interleave(ids.shape[1])
             picked, _ = objective(hidden[:, 0], ids.reshape(-1), None, rows=rows)
         else:
             picked, _ = objective(hidden.reshape(-1, hidden.shape[-1]), ids.reshape(-1), None)
         return mean_sequence_nll(picked.view(ids.shape), self.batch.target_mask)
-
-    def _one_position_per_row(self) -> bool:
-        batch = self.batch
-        return bool(((batch.positions == batch.positions[:, :1]) | ~batch.target_mask).all())
 
 
 LOSS_POSITIONS = ("teacher_forced", "last_prompt")

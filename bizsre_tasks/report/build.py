@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from dataclasses import dataclass, field
@@ -114,9 +113,7 @@ def build_report(options: ReportOptions, warn=print) -> Report:
             md += [f"### {ref_backbone}", "", tables.to_markdown(tables.results_table(refs, languages)), radar, ""]
             md += ["The same finding criteria applied to the published numbers:", "",
                    paper_findings.to_markdown(paper_findings.evaluate(refs)), ""]
-    parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv, parts.forgetting_csv)
-    if parts.findings_csv:
-        parts.files.append(_write_findings(out / "findings.csv", parts.findings_csv))
+    parts.files += _write_tables(out, parts.table_csv, parts.gap_csv, parts.compare_csv, parts.forgetting_csv, parts.findings_csv)
     if options.cases:
         path = out / "cases.md"
         path.write_text("# Edits that held in the edit language but not in the other\n\n" + "\n".join(parts.case_md), encoding="utf-8")
@@ -144,7 +141,7 @@ def _backbone_section(backbone, protocol, mode, group, reference, languages, dir
     md += ["### Cross-lingual gap (generality F1)", "", GAP_NOTE, "", tables.to_markdown(gaps)]
     if mode == "single":
         measured = paper_findings.evaluate(group)
-        parts.findings_csv.append((labels, measured))
+        parts.findings_csv.append((labels, paper_findings.to_table(measured)))
         md += ["", "### The paper's findings, measured here", "", FINDINGS_NOTE, "", paper_findings.to_markdown(measured), ""]
     if mode != "single" and reference:
         md += ["", f"(No comparison with the published numbers: the paper edits each case alone; these runs used edit_mode {mode}.)"]
@@ -177,20 +174,10 @@ def _radar(runs: list[RunResult], languages: list[str], title: str, path: Path, 
     return f"![radar chart]({path.name})"
 
 
-def _write_findings(path: Path, groups: list[tuple[dict[str, str], list[paper_findings.Finding]]]) -> Path:
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*groups[0][0], "Finding", "Claim", "Held", "Evidence"])
-        for labels, measured in groups:
-            for finding in measured:
-                writer.writerow([*labels.values(), finding.key, finding.claim, paper_findings.verdict(finding), finding.evidence])
-    return path
-
-
-def _write_tables(out: Path, table_csv, gap_csv, compare_csv, forgetting_csv) -> list[Path]:
+def _write_tables(out: Path, table_csv, gap_csv, compare_csv, forgetting_csv, findings_csv) -> list[Path]:
     written = []
     for name, content in (("table2.csv", table_csv), ("gap.csv", gap_csv), ("comparison.csv", compare_csv),
-                          ("forgetting.csv", forgetting_csv)):
+                          ("forgetting.csv", forgetting_csv), ("findings.csv", findings_csv)):
         if content:
             tables.write_csv(out / name, content)
             written.append(out / name)

@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bizsre_tasks.report.results_reader import RunResult
-from bizsre_tasks.report.tables import method_label, percent
+from bizsre_tasks.report.tables import Table, method_label, percent
 
 GENERALITY_GAP = 0.10
 TOOK = 0.50
@@ -137,6 +137,11 @@ def evaluate(runs: list[RunResult]) -> list[Finding]:
 
 def verdict(finding: Finding) -> str:
     return {True: "held", False: "did not hold", None: "not decided"}[finding.held]
+
+
+def to_table(findings: list[Finding]) -> Table:
+    """For the CSV: one row per finding, its key as is."""
+    return Table(["Finding", "Claim", "Held", "Evidence"], [[f.key, f.claim, verdict(f), f.evidence] for f in findings])
 
 
 def to_markdown(findings: list[Finding]) -> str:

@@ -110,11 +110,7 @@ class HeadObjective:
         if self.head is None:
             return self._exact(hidden, n, target_ids, drift_hidden is not None)
         lse, expected = log_normaliser(self.head, hidden)
-        weight = self.head.weight[target_ids]
-        target_logits = (target_hidden * weight.to(target_hidden.dtype)).sum(-1).float()
-        if self.head.bias is not None:
-            target_logits = target_logits + self.head.bias[target_ids].float()
-        log_probs = target_logits - lse[:n]
+        log_probs = self._target_logits(target_hidden, target_ids) - lse[:n]
         if drift_hidden is None:
             return log_probs, None
         if self._reference is None:
@@ -128,11 +124,15 @@ class HeadObjective:
             log_probs = torch.log_softmax(head_logits(self.model, hidden).float(), dim=-1)
             return log_probs[rows, target_ids]
         lse, _ = log_normaliser(self.head, hidden)
+        return self._target_logits(hidden[rows], target_ids) - lse[rows]
+
+    def _target_logits(self, hidden: torch.Tensor, target_ids: torch.Tensor) -> torch.Tensor:
+        """The target tokens' logits, one dot product per row (float)."""
         weight = self.head.weight[target_ids]
-        target_logits = (hidden[rows] * weight.to(hidden.dtype)).sum(-1).float()
+        logits = (hidden * weight.to(hidden.dtype)).sum(-1).float()
         if self.head.bias is not None:
-            target_logits = target_logits + self.head.bias[target_ids].float()
-        return target_logits - lse[rows]
+            logits = logits + self.head.bias[target_ids].float()
+        return logits
 
     def keep_drift_rows(self, kept: torch.Tensor) -> None:
         """Keep the recorded original distribution only for the drift rows where `kept` (a mask) is True:
