@@ -71,3 +71,21 @@ def test_hparams_of_one_method_reach_only_its_runs(tmp_path):
     assert [name for name, _ in outcome.failed] == ["ft_en", "rome_en"]
     ft_args, rome_args = (next(arg for arg in command if arg.startswith("method=")) for command in commands)
     assert f"hparams={hparams}" in ft_args and "hparams=" not in rome_args
+
+
+def test_overview_line_per_run_from_its_rows():
+    """The overview quotes each run's own rows: reliability at every N, immediate, and the last point's
+    generality/locality in the edit language first."""
+    from bizsre_tasks.report.sequence_curves import overview
+
+    def row(method, edit_lang, edits, split, lang, f1):
+        return {"method": method, "edit_lang": edit_lang, "edits": edits, "split": split, "lang": lang, "f1": f1, "em": 0.0}
+
+    rows = [row("rome", "zh", 1, "reliability", "zh", 100.0), row("rome", "zh", 5, "reliability", "zh", 40.0),
+            row("rome", "zh", 5, "reliability_immediate", "zh", 90.0), row("rome", "zh", 5, "generality", "en", 11.0),
+            row("rome", "zh", 5, "generality", "zh", 22.0), row("rome", "zh", 5, "locality", "en", 33.0),
+            row("rome", "zh", 5, "locality", "zh", 44.0), row("ft", "en", 1, "reliability", "en", 70.0)]
+    lines = overview(rows)
+    assert lines[0].startswith("| Run | reliability N=1 | 5 | immediate | generality@5 | locality@5 |")
+    assert lines[2] == "| FT, edit en | 70.0 |  |  |  /  |  /  |"
+    assert lines[3] == "| ROME, edit zh | 100.0 | 40.0 | 90.0 | 22.0 / 11.0 | 44.0 / 33.0 |"

@@ -39,10 +39,36 @@ def _columns(rows: list[dict], edit_lang: str) -> list[tuple[str, str]]:
     return [("reliability", edit_lang)] + [(split, lang) for split in SPLITS[1:] for lang in langs]
 
 
+def overview(rows: list[dict]) -> list[str]:
+    """One line per run: reliability F1 at every N and right after each edit, then generality and
+    locality F1 after the last edit in the edit language / the other(s) -- the curve in a few numbers."""
+    points = sorted({r["edits"] for r in rows})
+    last = max(points)
+    f1 = {(r["method"], r["edit_lang"], r["edits"], r["split"], r["lang"]): r["f1"] for r in rows}
+    header = " | ".join(f"N={n}" if n == points[0] else str(n) for n in points)
+    lines = [f"| Run | reliability {header} | immediate | generality@{last} | locality@{last} |",
+             "|---|" + "---:|" * (len(points) + 3)]
+    runs = {(r["method"], r["edit_lang"]) for r in rows}
+    langs = ordered([r["lang"] for r in rows], LANGUAGE_ORDER)
+    for edit_lang in ordered([lang for _, lang in runs], LANGUAGE_ORDER):
+        for method in ordered([m for m, lang in runs if lang == edit_lang], METHOD_ORDER):
+            def value(edits, split, lang):
+                found = f1.get((method, edit_lang, edits, split, lang))
+                return "" if found is None else f"{found:.1f}"
+            both = [edit_lang] + [lang for lang in langs if lang != edit_lang]
+            cells = [value(n, "reliability", edit_lang) for n in points]
+            cells.append(value(last, "reliability_immediate", edit_lang))
+            cells += [" / ".join(value(last, split, lang) for lang in both) for split in ("generality", "locality")]
+            lines.append(f"| {method_label(method)}, edit {edit_lang} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(rows: list[dict], plots: dict[str, Path]) -> str:
     lines = ["# Sequential-edits study", "",
              "F1 / EM in percent over the first N cases after N sequential edits (nothing restored between them). "
-             "`rel. immediate`: each case's reliability answer taken right after its own edit (run's last N only).", ""]
+             "`rel. immediate`: each case's reliability answer taken right after its own edit (run's last N only).", "",
+             "## Overview", "", "F1 only; generality and locality in the edit language / the other.", "",
+             *overview(rows), ""]
     for edit_lang in ordered([r["edit_lang"] for r in rows], LANGUAGE_ORDER):
         mine = [r for r in rows if r["edit_lang"] == edit_lang]
         columns = _columns(mine, edit_lang)
