@@ -14,7 +14,9 @@ from pathlib import Path
 from bizsre_tasks.report.results_reader import SPLITS, RunResult, Score
 
 # The paper's row order, with the unedited baseline first.
-METHOD_ORDER = ("none", "ft", "serac", "ike", "mend", "kn", "rome", "memit")
+METHOD_ORDER = ("none", "ft", "serac", "ike", "mend", "kn", "rome", "memit", "alphaedit")
+# Names as the methods' papers write them; any other method is shown upper-cased (ROME, MEMIT, ...).
+METHOD_LABELS = {"none": "No edit", "alphaedit": "AlphaEdit"}
 LANGUAGE_ORDER = ("en", "zh")
 MISSING = "–"
 
@@ -26,7 +28,7 @@ class Table:
 
 
 def method_label(method: str) -> str:
-    return "No edit" if method == "none" else method.upper()
+    return METHOD_LABELS.get(method, method.upper())
 
 
 def ordered(items, preferred) -> list:
