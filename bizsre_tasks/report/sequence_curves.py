@@ -34,9 +34,13 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
 
 def _columns(rows: list[dict], edit_lang: str) -> list[tuple[str, str]]:
     """(split, lang) columns: reliability, then each split in the edit language and the other(s)."""
-    langs = ordered([r["lang"] for r in rows], LANGUAGE_ORDER)
-    langs = [edit_lang] + [lang for lang in langs if lang != edit_lang]
+    langs = _edit_lang_first(rows, edit_lang)
     return [("reliability", edit_lang)] + [(split, lang) for split in SPLITS[1:] for lang in langs]
+
+
+def _edit_lang_first(rows: list[dict], edit_lang: str) -> list[str]:
+    langs = ordered([r["lang"] for r in rows], LANGUAGE_ORDER)
+    return [edit_lang] + [lang for lang in langs if lang != edit_lang]
 
 
 def overview(rows: list[dict]) -> list[str]:
@@ -48,17 +52,18 @@ def overview(rows: list[dict]) -> list[str]:
     header = " | ".join(f"N={n}" if n == points[0] else str(n) for n in points)
     lines = [f"| Run | reliability {header} | immediate | generality@{last} | locality@{last} |",
              "|---|" + "---:|" * (len(points) + 3)]
+
+    def value(*key) -> str:
+        return "" if key not in f1 else f"{f1[key]:.1f}"
+
     runs = {(r["method"], r["edit_lang"]) for r in rows}
-    langs = ordered([r["lang"] for r in rows], LANGUAGE_ORDER)
     for edit_lang in ordered([lang for _, lang in runs], LANGUAGE_ORDER):
+        langs = _edit_lang_first(rows, edit_lang)
         for method in ordered([m for m, lang in runs if lang == edit_lang], METHOD_ORDER):
-            def value(edits, split, lang):
-                found = f1.get((method, edit_lang, edits, split, lang))
-                return "" if found is None else f"{found:.1f}"
-            both = [edit_lang] + [lang for lang in langs if lang != edit_lang]
-            cells = [value(n, "reliability", edit_lang) for n in points]
-            cells.append(value(last, "reliability_immediate", edit_lang))
-            cells += [" / ".join(value(last, split, lang) for lang in both) for split in ("generality", "locality")]
+            run = (method, edit_lang)
+            cells = [value(*run, n, "reliability", edit_lang) for n in points]
+            cells.append(value(*run, last, "reliability_immediate", edit_lang))
+            cells += [" / ".join(value(*run, last, split, lang) for lang in langs) for split in ("generality", "locality")]
             lines.append(f"| {method_label(method)}, edit {edit_lang} | " + " | ".join(cells) + " |")
     return lines
 

@@ -3,9 +3,9 @@
 An applied edit may declare a `shared_prefix` (`base.AppliedEdit`): every prompt it rewrites starts
 with that text (or, through `prefix_for`, a prefix per prompt: IKE's memory of several edits gives the
 prompts whose closest fact is the same that fact's demonstrations). IKE's is its ~350 tokens of
-demonstrations and new fact, in front of a ~25-token question. In the teacher_forced protocol the wrapper (`EditedHFLM._teacher_forced`) then answers
-that edit's requests with `shared_prefix_answers`: the prefix runs once, its key/value cache is
-kept, and only each question and its target run on top of it, batched. The answers are those of
+demonstrations and new fact, in front of a ~25-token question. In the teacher_forced protocol the wrapper
+(`EditedHFLM._teacher_forced`) then answers that edit's requests with `shared_prefix_answers`: the prefix
+runs once, its key/value cache is kept, and only each question and its target run on top of it, batched. The answers are those of
 `teacher_forcing.teacher_forced_answers` on the full prompts (same tokens; up to float rounding).
 
 The prompts of an edit are grouped together instead of being batched across cases (`cross_case_batch`
