@@ -4,7 +4,11 @@
 For every run folder `SWEEP/<method>_<edit_lang>/` whose newest lm-eval results JSON holds all 7 tasks,
 the JSON (not the per-sample files, which are large) goes to `OUT/<method>_<edit_lang>/`, and one line per
 run is written to `OUT/runs.csv`: method, edit language, protocol, cases, the run's lm-eval wall time and
-the command line the sweep ran (the first line of the run's `lm_eval.log`). Unfinished runs are listed and
+the command line the sweep ran (the first line of the run's `lm_eval.log`). A run resumed from its answer store
+took several `lm_eval` processes: the earlier ones' logs are in `SWEEP/.incomplete/<run>-<time>/`, and their
+answering time (the progress bar's elapsed time) is added to `wall_s`; `segments` counts the processes and
+`wall_cases` the cases whose time `wall_s` holds (fewer than `cases` when some answers came from a store without
+its logs, which is then reported). Unfinished runs are listed and
 skipped, so the script can be run again as a sweep goes on. Rows already in `OUT/runs.csv` for runs not in this
 sweep folder are kept (runs published from earlier machines), so a sweep can be published piece by piece.
 
@@ -17,12 +21,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 from bizsre_tasks.report.results_reader import RUN_LOG_NAME, ResultsFileError, RunResult, find_results_files, read_results
-from bizsre_tasks.experiments.sweep import EXPECTED_TASKS
+from bizsre_tasks.experiments.sweep import EXPECTED_TASKS, INCOMPLETE_DIR
+
+ELAPSED = re.compile(r"\[(?:(\d+):)?(\d+):(\d+)<")  # tqdm's "[H:MM:SS<" or "[MM:SS<"
+CASES = re.compile(r"cases (\d+)/\d+")  # edited-hf's progress postfix
 
 
 def finished(run: Path) -> RunResult | None:
@@ -33,6 +41,23 @@ def finished(run: Path) -> RunResult | None:
     except ResultsFileError:
         return None
     return result if result and all(task in result.scores for task in EXPECTED_TASKS) else None
+
+
+def segment(log: Path) -> tuple[int, int, float]:
+    """(cases in the store when this lm_eval process started, cases when its log ends, seconds its bar ran)."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+    cases = [int(m) for m in CASES.findall(text)]
+    times = ELAPSED.findall(text)
+    hours, minutes, seconds = times[-1] if times else ("", "0", "0")
+    return (cases[0] if cases else 0, cases[-1] if cases else 0, int(hours or 0) * 3600 + int(minutes) * 60 + int(seconds))
+
+
+def earlier_segments(run: Path) -> list[Path]:
+    """Logs of the lm_eval processes a resumed run set aside before its last one, oldest first."""
+    pattern = re.compile(rf"^{re.escape(run.name)}-\d{{8}}-\d{{6}}$")
+    aside = run.parent / INCOMPLETE_DIR
+    folders = sorted(p for p in aside.iterdir() if pattern.match(p.name)) if aside.is_dir() else []
+    return [folder / RUN_LOG_NAME for folder in folders if (folder / RUN_LOG_NAME).is_file()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,13 +82,21 @@ def main(argv: list[str] | None = None) -> int:
         wall = json.loads(result.path.read_text(encoding="utf-8")).get("total_evaluation_time_seconds", 0.0)
         log = run / RUN_LOG_NAME
         command = log.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if log.is_file() else ""
+        cases = result.cases if result.cases is not None else 0
+        started_at, _, _ = segment(log)
+        earlier = [segment(path) for path in earlier_segments(run)]
+        wall_cases = cases - started_at + sum(end - start for start, end, _ in earlier)
+        if earlier or started_at:
+            print(f"{run.name}: {len(earlier) + 1} lm_eval processes, wall time covers {wall_cases} of {cases} cases")
         rows.append({
             "run": run.name, "method": result.method, "edit_lang": result.edit_lang, "protocol": result.protocol,
-            "cases": result.cases if result.cases is not None else "", "wall_s": round(float(wall)), "command": command,
+            "cases": result.cases if result.cases is not None else "",
+            "wall_s": round(float(wall) + sum(seconds for _, _, seconds in earlier)),
+            "segments": len(earlier) + 1, "wall_cases": wall_cases, "command": command,
         })
     options.out.mkdir(parents=True, exist_ok=True)
     listing = options.out / "runs.csv"
-    fields = ["run", "method", "edit_lang", "protocol", "cases", "wall_s", "command"]
+    fields = ["run", "method", "edit_lang", "protocol", "cases", "wall_s", "segments", "wall_cases", "command"]
     republished = {row["run"] for row in rows}
     kept = []
     if listing.is_file():

@@ -62,3 +62,34 @@ def test_rows_of_runs_published_earlier_are_kept(tmp_path, monkeypatch, capsys):
     assert _publish(monkeypatch, tmp_path / "sweep", tmp_path / "out") == 0
     rows = {row["run"]: row["wall_s"] for row in csv.DictReader((tmp_path / "out" / "runs.csv").open())}
     assert rows == {"rome_en": "99", "rome_zh": "30"}
+
+
+def _bar(start, end, elapsed):
+    """An edited-hf progress log whose answers went from `start` to `end` cases in `elapsed` (tqdm's text)."""
+    return "".join(f"edited-hf ft: 5%| | {k}/9333 [{elapsed}<1:00, 1.0answer/s, cases {k}/1037]" for k in (start, end))
+
+
+def test_a_resumed_run_adds_the_wall_time_of_its_earlier_processes(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "ft_en", TASKS, 600.4)
+    sweep = tmp_path / "sweep"
+    (sweep / "ft_en" / "lm_eval.log").write_text("# lm_eval --model edited-hf\n" + _bar(540, 1037, "09:50"))
+    for stamp, start, end, elapsed in (("20261204-172039", 0, 500, "1:02:03"), ("20261204-175902", 500, 540, "05:00")):
+        aside = sweep / ".incomplete" / f"ft_en-{stamp}"
+        aside.mkdir(parents=True)
+        (aside / "lm_eval.log").write_text("# lm_eval\n" + _bar(start, end, elapsed))
+    other = sweep / ".incomplete" / "ft_en_x-20261204-175902"  # another run's leftovers are not counted
+    other.mkdir()
+    (other / "lm_eval.log").write_text(_bar(0, 9, "10:00:00"))
+    assert _publish(monkeypatch, sweep, tmp_path / "out") == 0
+    assert "ft_en: 3 lm_eval processes, wall time covers 1037 of 1037 cases" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
+    assert (row["wall_s"], row["segments"], row["wall_cases"]) == (str(round(600.4 + 3723 + 300)), "3", "1037")
+
+
+def test_answers_from_a_store_without_logs_are_not_counted_as_timed(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "ft_en", TASKS, 100)
+    (tmp_path / "sweep" / "ft_en" / "lm_eval.log").write_text("# lm_eval\n" + _bar(501, 1037, "01:40"))
+    assert _publish(monkeypatch, tmp_path / "sweep", tmp_path / "out") == 0
+    assert "wall time covers 536 of 1037 cases" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
+    assert (row["wall_s"], row["segments"], row["wall_cases"]) == ("100", "1", "536")
