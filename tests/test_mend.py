@@ -251,3 +251,12 @@ def test_mend_options_leave_shared_options_to_the_caller():
     mend_training.configure_mend_arguments(parser)
     args = parser.parse_args(["--rank", "16"])
     assert args.steps == 7 and args.rank == 16 and args.train_vocab == 1024
+
+
+def test_padded_training_factors_stay_on_the_editors_device():
+    # The editor's factors live on the GPU when training there; padding them must not move them to the CPU
+    # (found by scripts/device_check.py on an H200). The meta device stands in for a second device here.
+    from bizsre_tasks.training.mend_losses import _pad
+
+    padded = _pad([torch.zeros(2, 3, device="meta"), torch.zeros(4, 3, device="meta")])
+    assert padded.device.type == "meta" and padded.shape == (2, 4, 3)

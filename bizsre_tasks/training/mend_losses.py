@@ -216,7 +216,7 @@ def statistics(cache: list[dict], layers) -> dict[int, tuple[torch.Tensor, ...]]
 def _pad(tensors: list[torch.Tensor], value=0) -> torch.Tensor:
     width = max(t.shape[0] for t in tensors)
     shape = (len(tensors), width) + tuple(tensors[0].shape[1:])
-    out = torch.full(shape, value, dtype=tensors[0].dtype)
+    out = torch.full(shape, value, dtype=tensors[0].dtype, device=tensors[0].device)  # the editor's factors live on the GPU
     for i, t in enumerate(tensors):
         out[i, : t.shape[0]] = t
     return out
