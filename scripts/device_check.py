@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import run_harness  # noqa: E402
-from tests.test_ike import flat_train_file  # noqa: E402
-from tests.tiny_models import build_tiny_model  # noqa: E402
+from tests.tiny_models import build_tiny_model, flat_train_file  # noqa: E402
 
 # (run name, model_args beyond pretrained/device); the tiny model has 4 layers, so the layer methods edit 1-2.
 RUNS = [

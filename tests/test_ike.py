@@ -20,6 +20,7 @@ from bizsre_tasks.editing.registry import build_method
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import prompts
 from bizsre_tasks.tasks.data_loading import SAMPLE_TEST_FILE
+from tests.tiny_models import flat_train_file
 
 SHARED_EN_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "bizsre" / "zsre_train_en_10000.json"
 
@@ -38,20 +39,6 @@ def cache_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("BIZSRE_CACHE_DIR", str(folder))
     monkeypatch.delenv("BIZSRE_TRAIN_FILE", raising=False)
     return folder
-
-
-def flat_train_file(folder: Path, count: int = 12) -> Path:
-    """A flat-schema training file (with rephrase and loc) built from the bundled sample."""
-    records = []
-    for index, case in enumerate(json.loads(SAMPLE_TEST_FILE.read_text(encoding="utf-8"))):
-        part = case["en"]
-        records.append({key: part[key] for key in ("subject", "src", "rephrase", "alt", "loc", "loc_ans")})
-    records = (records * (count // len(records) + 1))[:count]
-    for index, record in enumerate(records):  # distinct questions
-        record["src"] = f"{record['src']} ({index})"
-    path = folder / "train.json"
-    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-    return path
 
 
 def tsv_train_file(folder: Path) -> Path:

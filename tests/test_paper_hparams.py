@@ -24,7 +24,7 @@ from bizsre_tasks.editing.registry import (
 from bizsre_tasks.editing.rome import prefix_seeds
 from bizsre_tasks.editing.tensors.head_softmax import HeadObjective
 from bizsre_tasks.errors import ConfigurationError
-from tests.test_ike import flat_train_file
+from tests.tiny_models import flat_train_file
 from tests.test_ike import make_method as make_ike
 from tests.test_ike import request as ike_request
 

@@ -72,3 +72,17 @@ def build_tiny_model(folder: Path, family: str = "gemma3_text", seed: int = 0, c
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(folder)
     return folder
+
+
+def flat_train_file(folder: Path, count: int = 12) -> Path:
+    """A flat-schema training file (with rephrase and loc) built from the bundled sample."""
+    records = []
+    for index, case in enumerate(json.loads(SAMPLE.read_text(encoding="utf-8"))):
+        part = case["en"]
+        records.append({key: part[key] for key in ("subject", "src", "rephrase", "alt", "loc", "loc_ans")})
+    records = (records * (count // len(records) + 1))[:count]
+    for index, record in enumerate(records):  # distinct questions
+        record["src"] = f"{record['src']} ({index})"
+    path = folder / "train.json"
+    path.write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    return path
