@@ -60,6 +60,19 @@ def earlier_segments(run: Path) -> list[Path]:
     return [folder / RUN_LOG_NAME for folder in folders if (folder / RUN_LOG_NAME).is_file()]
 
 
+def resumed_from(started_at: int, segments: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+    """The earlier processes whose answers the last one resumed from: going back from the newest, each must have
+    ended where the next began (a set-aside attempt whose answers were not kept, e.g. of other settings, is not)."""
+    chain = []
+    for start, end, seconds in reversed(segments):
+        if started_at == 0:
+            break
+        if end == started_at and start < end:
+            chain.append((start, end, seconds))
+            started_at = start
+    return chain[::-1]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="a `bizsre sweep --output` folder")
@@ -84,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         command = log.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if log.is_file() else ""
         cases = result.cases if result.cases is not None else 0
         started_at, _, _ = segment(log)
-        earlier = [segment(path) for path in earlier_segments(run)]
+        earlier = resumed_from(started_at, [segment(path) for path in earlier_segments(run)])
         wall_cases = cases - started_at + sum(end - start for start, end, _ in earlier)
         if earlier or started_at:
             print(f"{run.name}: {len(earlier) + 1} lm_eval processes, wall time covers {wall_cases} of {cases} cases")

@@ -93,3 +93,17 @@ def test_answers_from_a_store_without_logs_are_not_counted_as_timed(tmp_path, mo
     assert "wall time covers 536 of 1037 cases" in capsys.readouterr().out
     (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
     assert (row["wall_s"], row["segments"], row["wall_cases"]) == ("100", "1", "536")
+
+
+def test_set_aside_attempts_whose_answers_were_not_kept_are_not_counted(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "ft_en", TASKS, 100)
+    sweep = tmp_path / "sweep"
+    (sweep / "ft_en" / "lm_eval.log").write_text("# lm_eval\n" + _bar(40, 1037, "01:40"))
+    for stamp, start, end, elapsed in (("20261201-000000", 0, 30, "50:00"),  # an older attempt, its store discarded
+                                       ("20261204-000000", 0, 40, "10:00")):
+        aside = sweep / ".incomplete" / f"ft_en-{stamp}"
+        aside.mkdir(parents=True)
+        (aside / "lm_eval.log").write_text("# lm_eval\n" + _bar(start, end, elapsed))
+    assert _publish(monkeypatch, sweep, tmp_path / "out") == 0
+    (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
+    assert (row["wall_s"], row["segments"], row["wall_cases"]) == ("700", "2", "1037")
