@@ -69,6 +69,39 @@ def answers(results: dict) -> dict[str, list]:
     return {task: [s["filtered_resps"] for s in samples] for task, samples in results["samples"].items()}
 
 
+def check_run(name: str, extra: dict, protocol: str, devices: list[str], model: Path, train_file: Path,
+              checkpoints: dict, work: Path, limit: int) -> dict:
+    """One run on every device: whether it finished, its seconds and F1s, and (two devices) the equal answers."""
+    row: dict = {"run": name, "protocol": protocol}
+    outputs = {}
+    for device in devices:
+        args = {"pretrained": str(model), "device": device, "protocol": protocol, "verify_restore": True,
+                "train_file": str(train_file), **extra}
+        if "hparams" in extra:
+            hparams_file = work / f"{name}.yaml"
+            hparams_file.write_text(extra["hparams"] + "\n", encoding="utf-8")
+            args["hparams"] = str(hparams_file)
+        if extra["method"] in CHECKPOINTED:
+            checkpoint = checkpoints[(extra["method"], device)]
+            if isinstance(checkpoint, str):  # its training failed
+                row[device] = {"ok": False, "error": checkpoint}
+                continue
+            args["checkpoint"] = str(checkpoint)
+        try:
+            results, seconds = run_once(args, limit)
+        except Exception:  # noqa: BLE001 - recorded and counted; the other runs go on
+            row[device] = {"ok": False, "error": traceback.format_exc(limit=6)[-3000:]}
+            continue
+        outputs[device] = answers(results)
+        row[device] = {"ok": True, "seconds": round(seconds, 2),
+                       "f1": {t: round(r["f1,none"], 4) for t, r in results["results"].items() if "f1,none" in r}}
+    if len(outputs) == 2:
+        mine, reference = (outputs[d] for d in devices)
+        pairs = [(a, b) for task in mine for a, b in zip(mine[task], reference.get(task, []))]
+        row["same_answers"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
+    return row
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", help="the accelerator to check (default cuda)")
@@ -91,39 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in RUNS:
             if wanted and name not in wanted:
                 continue
-            row = {"run": name, "protocol": protocol}
-            outputs = {}
-            for device in devices:
-                args = {"pretrained": str(model), "device": device, "protocol": protocol, "verify_restore": True,
-                        "train_file": str(train_file), **extra}
-                if "hparams" in extra:
-                    hparams_file = work / f"{name}.yaml"
-                    hparams_file.write_text(extra["hparams"] + "\n", encoding="utf-8")
-                    args["hparams"] = str(hparams_file)
-                if extra["method"] in CHECKPOINTED:
-                    checkpoint = checkpoints[(extra["method"], device)]
-                    if isinstance(checkpoint, str):  # its training failed
-                        row[device] = {"ok": False, "error": checkpoint}
-                        continue
-                    args["checkpoint"] = str(checkpoint)
-                try:
-                    results, seconds = run_once(args, options.limit)
-                except Exception:  # noqa: BLE001 - recorded and counted; the other runs go on
-                    row[device] = {"ok": False, "error": traceback.format_exc(limit=6)[-3000:]}
-                    continue
-                outputs[device] = answers(results)
-                row[device] = {"ok": True, "seconds": round(seconds, 2),
-                               "f1": {t: round(r["f1,none"], 4) for t, r in results["results"].items() if "f1,none" in r}}
-            if len(outputs) == 2:
-                mine, ref = outputs[options.device], outputs[options.reference_device]
-                pairs = [(a, b) for task in mine for a, b in zip(mine[task], ref.get(task, []))]
-                row["same_answers"] = f"{sum(a == b for a, b in pairs)}/{len(pairs)}"
-            failed += not row.get(options.device, {}).get("ok", False)
+            row = check_run(name, extra, protocol, devices, model, train_file, checkpoints, work, options.limit)
+            failed += not row[options.device]["ok"]
             report["runs"].append(row)
-            status = "ok" if row[options.device].get("ok") else "FAILED"
+            status = "ok" if row[options.device]["ok"] else "FAILED"
             print(f"{protocol:14s} {name:18s} {status:6s} same answers as {options.reference_device or '-'}: {row.get('same_answers', '-')}", flush=True)
             for device in devices:
-                if not row.get(device, {}).get("ok", True):
+                if not row[device]["ok"]:
                     print(f"  on {device}: {row[device]['error'].strip().splitlines()[-1]}", flush=True)
             # written after every run, so a run stopped by a time limit keeps what it measured
             options.out.write_text(json.dumps(report, indent=1, ensure_ascii=False), encoding="utf-8")
