@@ -260,3 +260,22 @@ def test_padded_training_factors_stay_on_the_editors_device():
 
     padded = _pad([torch.zeros(2, 3, device="meta"), torch.zeros(4, 3, device="meta")])
     assert padded.device.type == "meta" and padded.shape == (2, 4, 3)
+
+
+def test_aligned_files_stay_aligned_when_they_leave_out_different_lines(tmp_path):
+    # The released Chinese TSV has 35 questions without an answer; the English file has all 10,000. Line i
+    # must still meet record i: an unanswered aligned line only drops that record's cross-lingual row.
+    from bizsre_tasks.tasks import data_loading
+    from bizsre_tasks.training.mend_data import GEN, build_examples
+
+    main = tmp_path / "en.tsv"
+    main.write_text("Q0?\tA0\nQ1?\tA1\nQ2?\t\nQ3?\tA3\n", encoding="utf-8")
+    other = tmp_path / "zh.tsv"
+    other.write_text("问0？\t答0\n问1？\t\n问2？\t答2\n问3？\t答3\n", encoding="utf-8")
+    indexed, aligned = data_loading.load_indexed_train_records(main), data_loading.load_indexed_train_records(other)
+    assert len(indexed) == len(aligned) == 4 and indexed[2] is None and aligned[1] is None
+    assert [r.src for r in data_loading.load_train_records(main)] == ["Q0?", "Q1?", "Q3?"]
+    kept = [i for i, r in enumerate(indexed) if r is not None]
+    examples = build_examples([indexed[i] for i in kept], "en", [aligned[i] for i in kept], "zh")
+    cross = [[prompt for kind, prompt, _ in example.rows if kind == GEN and "问" in prompt] for example in examples]
+    assert [len(rows) for rows in cross] == [1, 0, 1] and "问3" in cross[2][0]  # record 3 meets line 3, not line 2

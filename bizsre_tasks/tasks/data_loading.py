@@ -216,6 +216,12 @@ def _check_not_repeated(path: Path, index: int, record: dict, seen_records: dict
 
 def load_train_records(path: str | os.PathLike) -> list[TrainRecord]:
     """Load training data: the flat JSON schema (full records) or question<TAB>answer lines."""
+    return [record for record in load_indexed_train_records(path) if record is not None]
+
+
+def load_indexed_train_records(path: str | os.PathLike) -> list[TrainRecord | None]:
+    """One entry per JSON record or TSV line, None for a blank line or one without an answer, so that
+    record i of one file still meets record i of a file aligned with it (MEND's --aligned-file)."""
     path = Path(path).expanduser()
     data = _read_bytes(path)
     if path.suffix.lower() in (".tsv", ".txt"):
@@ -234,7 +240,7 @@ def load_train_records(path: str | os.PathLike) -> list[TrainRecord]:
     return records
 
 
-def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
+def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord | None]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -242,6 +248,7 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
     records, unanswered = [], []
     for index, line in enumerate(text.splitlines()):
         if not line.strip():
+            records.append(None)
             continue
         columns = line.split("\t")
         if len(columns) != 2:
@@ -253,6 +260,7 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
             raise DataFormatError(path, f"no visible characters in {question!r}", record=index, field="question")
         if not _visible(answer):
             unanswered.append(index)
+            records.append(None)
             continue
         records.append(TrainRecord(src=question, alt=answer))
     if unanswered:
@@ -260,7 +268,7 @@ def _parse_tsv(path: Path, data: bytes) -> list[TrainRecord]:
         # them, so they are left out, loudly.
         shown = ", ".join(str(i) for i in unanswered[:10]) + (" ..." if len(unanswered) > 10 else "")
         logger.warning("%s: left out %d record(s) with an empty or invisible answer (records %s)", path, len(unanswered), shown)
-    if not records:
+    if not any(records):
         raise DataFormatError(path, "contains no usable question<TAB>answer records")
     return records
 

@@ -35,7 +35,7 @@ def build_examples(records, lang: str, aligned=None, aligned_lang: str | None = 
         example.rows.append((EDIT, *_prompt_and_target(record.src, record.alt, lang)))
         if record.rephrase:
             example.rows.append((GEN, *_prompt_and_target(record.rephrase, record.alt, lang)))
-        if aligned is not None:
+        if aligned is not None and aligned[i] is not None:  # None: that line of the aligned file has no answer
             example.rows.append((GEN, *_prompt_and_target(aligned[i].src, aligned[i].alt, aligned_lang)))
         if record.loc and record.loc_ans:
             example.rows.append((LOC, *_prompt_and_target(record.loc, record.loc_ans, lang)))
@@ -43,7 +43,7 @@ def build_examples(records, lang: str, aligned=None, aligned_lang: str | None = 
             j = (i + n // 2) % n
             if j == i:
                 j = (i + 1) % n
-            if aligned is not None and i % 2 == 1:
+            if aligned is not None and i % 2 == 1 and aligned[j] is not None:
                 example.rows.append((LOC, *_prompt_and_target(aligned[j].src, aligned[j].alt, aligned_lang)))
             else:
                 example.rows.append((LOC, *_prompt_and_target(records[j].src, records[j].alt, lang)))

@@ -216,19 +216,21 @@ def _load_examples(setup: _Setup) -> _Examples:
     train_file = data_loading.resolve_train_file(opt["train_file"])
     if train_file is None:
         raise ConfigurationError(f"MEND training needs a training file: pass --train-file or set ${data_loading.TRAIN_FILE_ENV}")
-    records = data_loading.load_train_records(train_file)
+    indexed = data_loading.load_indexed_train_records(train_file)
     aligned = aligned_lang = None
     if opt["aligned_file"]:
-        aligned = data_loading.load_train_records(opt["aligned_file"])
-        if len(aligned) != len(records):
+        # By line/record index, unanswered lines included: files that leave out different lines stay aligned.
+        aligned = data_loading.load_indexed_train_records(opt["aligned_file"])
+        if len(aligned) != len(indexed):
             raise ConfigurationError(
-                f"--aligned-file {opt['aligned_file']} has {len(aligned)} records but {train_file} has {len(records)}: "
+                f"--aligned-file {opt['aligned_file']} has {len(aligned)} records but {train_file} has {len(indexed)}: "
                 "line i of the aligned file must state the fact of record i"
             )
         aligned_lang = opt["aligned_lang"] or languages.counterpart(setup.lang)
-    size = min(int(opt["train_size"]), len(records))
-    records = records[:size]
-    aligned = aligned[:size] if aligned is not None else None
+    kept = [i for i, record in enumerate(indexed) if record is not None][: int(opt["train_size"])]
+    size = len(kept)
+    records = [indexed[i] for i in kept]
+    aligned = [aligned[i] for i in kept] if aligned is not None else None
     return _Examples(train_file, build_examples(records, setup.lang, aligned, aligned_lang), size, aligned_lang)
 
 
