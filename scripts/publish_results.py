@@ -43,9 +43,12 @@ def finished(run: Path) -> RunResult | None:
     return result if result and all(task in result.scores for task in EXPECTED_TASKS) else None
 
 
-def segment(log: Path) -> tuple[int, int, float]:
-    """(cases in the store when this lm_eval process started, cases when its log ends, seconds its bar ran)."""
-    text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+def read_log(log: Path) -> str:
+    return log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+
+
+def segment(text: str) -> tuple[int, int, float]:
+    """From an lm_eval process's log: (cases in the store when it started, cases when its log ends, seconds its bar ran)."""
     cases = [int(m) for m in CASES.findall(text)]
     times = ELAPSED.findall(text)
     hours, minutes, seconds = times[-1] if times else ("", "0", "0")
@@ -93,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             old.unlink()
         shutil.copy2(result.path, target / result.path.name)
         wall = json.loads(result.path.read_text(encoding="utf-8")).get("total_evaluation_time_seconds", 0.0)
-        log = run / RUN_LOG_NAME
-        command = log.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if log.is_file() else ""
+        log = read_log(run / RUN_LOG_NAME)
+        command = log.splitlines()[0].lstrip("# ") if log else ""
         cases = result.cases if result.cases is not None else 0
         started_at, _, _ = segment(log)
-        earlier = resumed_from(started_at, [segment(path) for path in earlier_segments(run)])
+        earlier = resumed_from(started_at, [segment(read_log(path)) for path in earlier_segments(run)])
         wall_cases = cases - started_at + sum(end - start for start, end, _ in earlier)
         if earlier or started_at:
             print(f"{run.name}: {len(earlier) + 1} lm_eval processes, wall time covers {wall_cases} of {cases} cases")
