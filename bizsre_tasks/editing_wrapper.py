@@ -51,7 +51,7 @@ from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import paper_protocol, provenance, run_state
 from bizsre_tasks.tasks.answer_lines import EndAfterFirstLine
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
-from bizsre_tasks.wrapper import batch_sizing, edit_modes, paper_answers, preflight
+from bizsre_tasks.wrapper import batch_sizing, edit_modes, greedy_generation, paper_answers, preflight
 from bizsre_tasks.wrapper import sequence_checkpoints as sequence_points
 from bizsre_tasks.wrapper.answer_store import (
     AnswerStore,
@@ -146,6 +146,7 @@ class EditedHFLM(HFLM):
         edits_per_batch: int = edit_modes.DEFAULT_EDITS_PER_BATCH,
         sequence_checkpoints: str | None = None,
         checkpoint_answers: str | None = None,
+        drop_finished_rows: bool = True,
         **kwargs: Any,
     ) -> None:
         test_file = kwargs.get("test_file")
@@ -187,6 +188,7 @@ class EditedHFLM(HFLM):
         run_state.record_wrapper_protocol(protocol)
         self.seed = int(seed)
         self.verify_restore = bool(verify_restore)
+        self.drop_finished_rows = bool(drop_finished_rows)
         self.edit_count = 0
         self.timings: list[dict[str, float]] = []
         self.answer_store_dir = answer_store
@@ -286,6 +288,20 @@ class EditedHFLM(HFLM):
         rest_answers = teacher_forced_answers(self.model, self.tokenizer, [contexts[p] for p in rest], [targets[p] for p in rest], batch_size)
         self._store(answers, rest, rest_answers)
         return answers
+
+    def _model_generate(self, context, max_length: int, stop: list[str], **generation_kwargs) -> torch.Tensor:
+        """Greedy decoding that lets finished rows go (`wrapper/greedy_generation.py`); anything but plain
+        greedy decoding, mixed precision, or `drop_finished_rows=false` goes to the harness's `generate`."""
+        plain = self.backend == "causal" and getattr(self, "mixed_precision_dtype", None) is None
+        if not (self.drop_finished_rows and plain and greedy_generation.is_greedy(generation_kwargs)):
+            return super()._model_generate(context, max_length, stop, **generation_kwargs)
+        attention_mask = generation_kwargs.get("attention_mask")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(context)
+        return greedy_generation.greedy_generate(
+            self.model, self.tokenizer, context, attention_mask, max_length, stop, self.tokenizer.pad_token_id,
+            generation_kwargs.get("logits_processor"),
+        )
 
     def _apply(self, case: CaseWork) -> AppliedEdit:
         return self._install([case], lambda: self.editor.apply(case.edit))
@@ -578,6 +594,7 @@ class EditedHFLM(HFLM):
             "protocol": self.protocol,
             "seed": self.seed,
             "version": PACKAGE_VERSION,
+            **({"generation": "greedy, finished rows dropped" if self.drop_finished_rows else "harness generate"} if self.protocol == "generate" else {}),
             **edit_modes.identity_parts(self.edit_mode, self.edits_per_batch, case_keys),
         }
         return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank)
