@@ -72,7 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return output
 
     wrapper.EditedHFLM._model_generate = timed
-    answers = {drop: run(args, drop, stats) for drop in (True, False)}
+    try:
+        answers = {drop: run(args, drop, stats) for drop in (True, False)}
+    finally:  # leave the class as it was for whoever imported it
+        wrapper.EditedHFLM._model_generate = original
     pairs = [(a, b) for task in answers[True] for a, b in zip(answers[True][task], answers[False][task])]
     same = sum(a == b for a, b in pairs)
     report = {
