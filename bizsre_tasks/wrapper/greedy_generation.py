@@ -18,8 +18,6 @@ what they would generate after it is never read. The answers are those of `gener
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 # Generation options this loop reproduces; any other (sampling, beams, penalties...) goes to `generate`.
@@ -45,11 +43,6 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     return {int(eos)} if isinstance(eos, int) else {int(e) for e in eos}
 
 
-def _cache_keyword(model) -> str:
-    """The forward's name for the key/value cache: `cache` (transformers 5.2x), earlier `past_key_values`."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def greedy_generate(
     model,
@@ -63,27 +56,25 @@ def greedy_generate(
 ) -> torch.Tensor:
     """Token ids of shape (rows, prompt + generated columns), as `model.generate` returns them."""
     rows, prompt_length = input_ids.shape
-    eos = eos_token_ids(model, tokenizer)
-    eos_tensor = torch.tensor(sorted(eos), device=input_ids.device, dtype=input_ids.dtype)
+    eos_tensor = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=input_ids.device, dtype=input_ids.dtype)
     output = input_ids.new_full((rows, max(max_length, prompt_length)), pad_token_id)
     output[:, :prompt_length] = input_ids
     active = torch.arange(rows, device=input_ids.device)
     mask = attention_mask.to(input_ids.device).long()
     positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    step_ids, cache, length, cache_name = input_ids, None, prompt_length, _cache_keyword(model)
+    step_ids, cache, length = input_ids, None, prompt_length
     while length < max_length and len(active):
-        outputs = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
-                        **{cache_name: cache})
-        cache = outputs.get("cache")
-        if cache is None:
-            cache = outputs.get("past_key_values")
+        # `past_key_values`, as everywhere in the project (transformers 5.2x maps it to `cache`, with a warning)
+        outputs = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                        use_cache=True, logits_to_keep=1)
+        cache = outputs.past_key_values
         scores = outputs.logits[:, -1, :].to(dtype=torch.float32)
         for processor in logits_processor or []:
             scores = processor(output[active, :length], scores)
         next_tokens = scores.argmax(dim=-1)
         output[active, length] = next_tokens
         length += 1
-        done = torch.isin(next_tokens, eos_tensor) if len(eos) else torch.zeros_like(next_tokens, dtype=torch.bool)
+        done = torch.isin(next_tokens, eos_tensor)  # all False when there is no end token
         if stop:
             texts = tokenizer.batch_decode(output[active, prompt_length:length])
             done |= torch.tensor([any(s in text for s in stop) for text in texts], device=done.device)
