@@ -268,10 +268,30 @@ class EditedHFLM(HFLM):
             targets = [requests[i].doc["target_separator"] + requests[i].doc["target"] for i in indices]
             prefixes = [edit.prefix_for(requests[i].args[0]) for i, edit in zip(indices, edits)]
             return self._teacher_forced(contexts, targets, prefixes)
-        # Rows stop once their first non-empty line is complete (the answer, `answer_lines`), not at max_gen_toks.
-        end = {"logits_processor": LogitsProcessorList([EndAfterFirstLine(self.tokenizer)])}
-        plain = [_Request(context, {**requests[i].args[1], **end}) for context, i in zip(contexts, indices)]
-        return super().generate_until(plain, disable_tqdm=True)
+        def generated(positions: list[int]) -> list[str]:
+            # Rows stop once their first non-empty line is complete (the answer, `answer_lines`), not at
+            # max_gen_toks. The processor keeps state across the batches of one call: a new one per call.
+            end = {"logits_processor": LogitsProcessorList([EndAfterFirstLine(self.tokenizer)])}
+            plain = [_Request(contexts[p], {**requests[indices[p]].args[1], **end}) for p in positions]
+            return super(EditedHFLM, self).generate_until(plain, disable_tqdm=True) if plain else []
+
+        if not self.drop_finished_rows:
+            return generated(list(range(len(contexts))))
+        # Questions under one shared prefix (IKE's demonstrations) are generated together from its cache.
+        answers = [""] * len(contexts)
+        grouped: set[int] = set()
+        prefixes = [edit.prefix_for(requests[i].args[0]) for i, edit in zip(indices, edits)]
+        for prefix, positions in shared_prefix_groups(contexts, prefixes).items():
+            # The harness makes a batch per set of generation options: the prefix runs in the first only.
+            self._generation_prefix = {"ids": self.tok_encode(prefix), "made": None}
+            try:
+                self._store(answers, positions, generated(positions))
+            finally:
+                self._generation_prefix = None
+            grouped.update(positions)
+        rest = [p for p in range(len(contexts)) if p not in grouped]
+        self._store(answers, rest, generated(rest))
+        return answers
 
     def _teacher_forced(self, contexts: list[str], targets: list[str], prefixes: list[str | None]) -> list[str]:
         """Teacher-forced answers. Prompts that share a prefix (`AppliedEdit.prefix_for`: IKE's
@@ -298,9 +318,14 @@ class EditedHFLM(HFLM):
         attention_mask = generation_kwargs.get("attention_mask")
         if attention_mask is None:
             attention_mask = torch.ones_like(context)
+        prefix = None
+        shared = getattr(self, "_generation_prefix", None)
+        if shared:
+            prefix = greedy_generation.cached_prefix(self.model, context, attention_mask, shared["ids"], max_length, shared["made"])
+            shared["made"] = shared["made"] or prefix
         return greedy_generation.greedy_generate(
             self.model, self.tokenizer, context, attention_mask, max_length, stop, self.tokenizer.pad_token_id,
-            generation_kwargs.get("logits_processor"),
+            generation_kwargs.get("logits_processor"), prefix=prefix,
         )
 
     def _apply(self, case: CaseWork) -> AppliedEdit:
@@ -594,7 +619,7 @@ class EditedHFLM(HFLM):
             "protocol": self.protocol,
             "seed": self.seed,
             "version": PACKAGE_VERSION,
-            **({"generation": "greedy, finished rows dropped" if self.drop_finished_rows else "harness generate"} if self.protocol == "generate" else {}),
+            **({"generation": "greedy, finished rows dropped, shared prefixes cached" if self.drop_finished_rows else "harness generate"} if self.protocol == "generate" else {}),
             **edit_modes.identity_parts(self.edit_mode, self.edits_per_batch, case_keys),
         }
         return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank)

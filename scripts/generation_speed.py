@@ -1,6 +1,8 @@
 """Benchmark: `protocol=generate` with finished rows dropped (`drop_finished_rows=true`, the default) against
 the harness's `model.generate` (`false`): seconds spent generating, decoding steps, and whether the answers
-are the same. One lm_eval run per setting, in this process, over the first N cases.
+are the same. One lm_eval run per setting, in this process, over the first N cases. For a method whose edits
+share a prompt prefix (IKE's demonstrations), `true` also generates each case's questions from that prefix's
+key/value cache (`greedy_generation.cached_prefix`), so this compares both changes against the harness.
 
     python scripts/generation_speed.py --test-file $S/bizsre_test.json --train-file $S/zsre_train_en_10000.json \
         --method none --cases 20 --markdown benchmarks/generation_speed.md
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         text = path.read_text() if path.exists() else (
             "# Generation with finished rows dropped\n\nWritten by `python scripts/generation_speed.py` (one section per "
             "measurement). *generate s*: seconds inside the model's generation calls; *steps*: decoding steps summed "
-            "over the calls (the same for both settings: a batch runs until its last row ends).\n")
+            "over the calls (a batch runs until its last row ends; the same for both settings unless the method shares "
+            "a prompt prefix, whose questions are then generated a case at a time from the prefix's cache).\n")
         d, h = stats[True], stats[False]
         text += (
             f"\n## {args.method}, edit {args.edit_lang}, first {args.cases} cases, batch {args.batch_size}\n\n"

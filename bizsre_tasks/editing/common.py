@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bizsre_tasks.editing.base import EditFailedError
+from bizsre_tasks.editing.model_cache import given_cache
 
 # Config attributes that hold a model's context length, in the order lm-eval's HFLM reads them.
 CONTEXT_LENGTH_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx")
@@ -146,7 +147,7 @@ def _sequence_end(args: tuple, kwargs: dict) -> int:
         length = input_ids.shape[-1]
     elif embeds is not None:
         length = embeds.shape[-2]
-    past = kwargs.get("past_key_values")
+    past = given_cache(kwargs)
     past_length = past.get_seq_length() if hasattr(past, "get_seq_length") else 0
     return int(past_length) + int(length)
 

@@ -54,6 +54,7 @@ from bizsre_tasks.editing.common import (
     naive_mode,
 )
 from bizsre_tasks.editing.ft import check_layer_list, check_positive
+from bizsre_tasks.editing.model_cache import cache_argument, returned_cache
 from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.tasks import prompts
 
@@ -178,7 +179,7 @@ class KnowledgeNeurons(EditingMethod):
         try:
             with torch.no_grad():
                 ids = torch.tensor([prompt_ids[:-1]], device=self.context.device)
-                return self.model.base_model(input_ids=ids, use_cache=True).past_key_values
+                return returned_cache(self.model.base_model(input_ids=ids, use_cache=True))
         except Exception as exc:  # architectures without a usable cache: run full prompts instead
             logger.info("kn: no prefix cache (%s); attribution runs whole prompts", exc)
             return None
@@ -222,7 +223,7 @@ class KnowledgeNeurons(EditingMethod):
                         past.batch_repeat_interleave(size)
                         ids = torch.tensor([[prompt_ids[-1]]] * size, device=device)
                         mask = torch.ones((size, len(prompt_ids)), dtype=torch.long, device=device)
-                        out = self.model.base_model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=True)
+                        out = self.model.base_model(input_ids=ids, attention_mask=mask, use_cache=True, **cache_argument(self.model.base_model, past))
                     else:
                         ids = torch.tensor([prompt_ids] * size, device=device)
                         out = self.model.base_model(input_ids=ids, use_cache=False)

@@ -34,7 +34,12 @@ def filter_answers(resps: list, docs: list[dict]) -> list:
 class EndAfterFirstLine:
     """A `transformers` logits processor that ends a row's generation (forces the end-of-sequence token)
     once its continuation holds a non-empty line followed by a newline: the rest would be cut by
-    `first_nonempty_line` anyway. `edited-hf` passes it to generation; the answers are unchanged."""
+    `first_nonempty_line` anyway. `edited-hf` passes it to generation; the answers are unchanged.
+
+    It tells a new generation from the next step of the current one by the length of what it is given
+    (not longer than last time: a new one), which holds within one harness `generate_until` call, whose
+    batches come longest first. A call whose prompts may be longer than the previous call's output needs
+    its own instance."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer

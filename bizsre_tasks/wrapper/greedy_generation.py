@@ -14,11 +14,23 @@ end-of-sequence token, and its later columns hold the pad token. Rows whose cont
 stop string (lm-eval's `until`) are let go too: the harness cuts the text at the first stop string, so
 what they would generate after it is never read. The answers are those of `generate` up to float rounding
 (a step's matrix products run over fewer rows); benchmarks/generation_speed.md has the comparison.
+
+Rows that all begin with one long prefix (IKE's demonstrations, `AppliedEdit.prefix_for`) can start from
+that prefix's key/value cache (`prefix`, made once by `prefix_cache.prefix_cache`): each row then runs only
+its own columns after the cut. The prefix is removed from the middle of each left-padded row, so a row's
+padding now sits between the cached prefix and its question; positions come from the attention mask as
+before, so only a model attending by cache index (a sliding window shorter than the rows) would see a
+difference, and `cached_prefix` declines those.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
+
+from bizsre_tasks.editing.model_cache import cache_argument, returned_cache
+from bizsre_tasks.wrapper.prefix_cache import prefix_cache
 
 # Generation options this loop reproduces; any other (sampling, beams, penalties...) goes to `generate`.
 GREEDY_OPTIONS = frozenset({"attention_mask", "logits_processor", "do_sample", "temperature"})
@@ -53,21 +65,28 @@ def greedy_generate(
     stop: list[str],
     pad_token_id: int,
     logits_processor=None,
+    prefix: tuple | None = None,
 ) -> torch.Tensor:
-    """Token ids of shape (rows, prompt + generated columns), as `model.generate` returns them."""
+    """Token ids of shape (rows, prompt + generated columns), as `model.generate` returns them.
+
+    `prefix`: (cache, cut) from `cached_prefix`: every row's first `cut` real tokens are in that cache."""
     rows, prompt_length = input_ids.shape
     eos_tensor = torch.tensor(sorted(eos_token_ids(model, tokenizer)), device=input_ids.device, dtype=input_ids.dtype)
     output = input_ids.new_full((rows, max(max_length, prompt_length)), pad_token_id)
     output[:, :prompt_length] = input_ids
     active = torch.arange(rows, device=input_ids.device)
     mask = attention_mask.to(input_ids.device).long()
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    step_ids, cache, length = input_ids, None, prompt_length
+    step_ids, cache, length, cut = input_ids, None, prompt_length, 0
+    if prefix is not None:
+        cache, cut = copy.deepcopy(prefix[0]), prefix[1]  # the forward appends to the cache it is given
+        cache.batch_repeat_interleave(rows)
+        step_ids, suffix_mask = without_prefix(input_ids, mask, cut)
+        mask = torch.cat([mask.new_ones((rows, cut)), suffix_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, cut:]
     while length < max_length and len(active):
-        # `past_key_values`, as everywhere in the project (transformers 5.2x maps it to `cache`, with a warning)
-        outputs = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                        use_cache=True, logits_to_keep=1)
-        cache = outputs.past_key_values
+        outputs = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                        **cache_argument(model, cache))
+        cache = returned_cache(outputs)
         scores = outputs.logits[:, -1, :].to(dtype=torch.float32)
         for processor in logits_processor or []:
             scores = processor(output[active, :length], scores)
@@ -88,3 +107,45 @@ def greedy_generate(
         mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
         positions = positions[:, -1:] + 1
     return output[:, :length]
+
+
+def _first_real_columns(mask: torch.Tensor) -> torch.Tensor | None:
+    """Each row's first unpadded column, or None unless every row is left-padded (zeros, then ones)."""
+    starts = (mask == 0).sum(dim=1)
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    expected = (columns.unsqueeze(0) >= starts.unsqueeze(1)).long()
+    return starts if bool((mask == expected).all()) else None
+
+
+def without_prefix(input_ids: torch.Tensor, mask: torch.Tensor, cut: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`input_ids` and `mask` with each row's first `cut` real tokens removed (the padding stays in front)."""
+    starts = _first_real_columns(mask)
+    columns = torch.arange(input_ids.shape[1] - cut, device=input_ids.device).unsqueeze(0)
+    source = columns + cut * (columns >= starts.unsqueeze(1)).long()
+    return input_ids.gather(1, source), mask.gather(1, source)
+
+
+@torch.no_grad()
+def cached_prefix(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_ids: list[int], max_length: int,
+                  made: tuple | None = None):
+    """(cache, cut) for `greedy_generate`'s `prefix` when every row is left-padded and its real tokens start
+    with `prefix_ids`; None when they do not (a token merged across the cut, a truncated row), when the
+    model keeps no cache, or when its sliding window is shorter than the rows will grow (a window counts
+    cache slots, and the rows' padding would then shift what it covers). `made`: this prefix's (cache, cut)
+    from an earlier batch, returned instead of running the prefix again."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    if window and max_length > window:
+        return None
+    mask = attention_mask.to(input_ids.device).long()
+    starts = _first_real_columns(mask)
+    width = len(prefix_ids)
+    if starts is None or width < 2 or int(starts.max()) + width > input_ids.shape[1]:
+        return None
+    columns = starts.unsqueeze(1) + torch.arange(width, device=input_ids.device).unsqueeze(0)
+    if not bool((input_ids.gather(1, columns) == torch.tensor(prefix_ids, device=input_ids.device)).all()):
+        return None
+    if made is not None:
+        return made
+    cache, cut = prefix_cache(model, prefix_ids, input_ids.device)
+    return (cache, cut) if cache is not None else None

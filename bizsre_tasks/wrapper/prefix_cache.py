@@ -31,6 +31,7 @@ from bizsre_tasks.editing.common import (
     naive_mode,
     pad_rows,
 )
+from bizsre_tasks.editing.model_cache import cache_argument, returned_cache
 from bizsre_tasks.wrapper.teacher_forcing import (
     argmax_answers,
     argmax_at_targets,
@@ -81,7 +82,7 @@ def _starts_with(batch: PromptTargetBatch, prefix_ids: list[int]) -> bool:
 
 def _cache(model, ids: list[int], device):
     outputs = model.base_model(input_ids=torch.tensor([ids], device=device), use_cache=True)
-    return getattr(outputs, "past_key_values", None)
+    return returned_cache(outputs)
 
 
 def prefix_cache(model, prefix_ids: list[int], device):
@@ -99,7 +100,7 @@ def hidden_after_cache(model, input_ids: torch.Tensor, attention_mask: torch.Ten
     over a copy of the cache; column j of the result is column `cut + j` of the full rows."""
     past = copy.deepcopy(cache)  # the forward appends to the cache it is given
     past.batch_repeat_interleave(input_ids.shape[0])
-    outputs = model.base_model(input_ids=input_ids[:, cut:], attention_mask=attention_mask, past_key_values=past, use_cache=True)
+    outputs = model.base_model(input_ids=input_ids[:, cut:], attention_mask=attention_mask, use_cache=True, **cache_argument(model.base_model, past))
     return outputs.last_hidden_state
 
 

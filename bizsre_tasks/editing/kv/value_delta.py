@@ -37,6 +37,7 @@ from bizsre_tasks.editing.common import (
     find_subject_last_token,
     naive_mode,
 )
+from bizsre_tasks.editing.model_cache import cache_argument, returned_cache
 from bizsre_tasks.editing.tensors.head_softmax import HeadObjective
 
 logger = logging.getLogger(__name__)
@@ -108,11 +109,11 @@ class EditBatch:
     def cases(self) -> list[int]:
         return sorted(set(self.row_case.tolist()))
 
-    def forward(self, model, start: int = 0, past_key_values=None, use_cache: bool = False):
-        """The transformer body on columns start.. (the earlier ones come from `past_key_values`)."""
+    def forward(self, model, start: int = 0, cache=None, use_cache: bool = False):
+        """The transformer body on columns start.. (the earlier ones come from `cache`)."""
         return model.base_model(
             input_ids=self.input_ids[:, start:], attention_mask=self.attention_mask,
-            position_ids=self.position_ids[:, start:], past_key_values=past_key_values, use_cache=use_cache,
+            position_ids=self.position_ids[:, start:], use_cache=use_cache, **cache_argument(model.base_model, cache),
         )
 
     def prefix_cache(self, model):
@@ -124,7 +125,7 @@ class EditBatch:
                 input_ids=self.input_ids[:, : self.split], attention_mask=self.attention_mask[:, : self.split],
                 position_ids=self.position_ids[:, : self.split], use_cache=True,
             )
-        return getattr(outputs, "past_key_values", None)
+        return returned_cache(outputs)
 
     def keep_cases(self, keep: set[int]) -> tuple[EditBatch, torch.Tensor, torch.Tensor]:
         """The batch restricted to the rows of the cases in `keep`, with the kept row indices and the
