@@ -31,3 +31,14 @@ def shared_test_file() -> Path:
     if not SHARED_TEST_FILE.exists():
         pytest.skip(f"shared data not found at {SHARED_TEST_FILE} (set BIZSRE_SHARED_DIR); CI provides it")
     return SHARED_TEST_FILE
+
+
+@pytest.fixture
+def prefix_runs(monkeypatch) -> list:
+    """The prefixes run as a key/value cache (`prefix_cache._cache` calls) during the test."""
+    from bizsre_tasks.wrapper import prefix_cache
+
+    runs: list = []
+    real_cache = prefix_cache._cache
+    monkeypatch.setattr(prefix_cache, "_cache", lambda *args: runs.append(args) or real_cache(*args))
+    return runs

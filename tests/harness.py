@@ -38,3 +38,16 @@ def run_harness(
 
 def metric(results: dict, task: str, name: str = "f1") -> float:
     return results["results"][task][f"{name},none"]
+
+
+def ike_answers_with_and_without_prefix(model_args: dict[str, Any], monkeypatch, runs: list, limit: int = 3):
+    """IKE answers of `bizsre` (each task's `resps`) with its demonstrations declared as a shared prefix and
+    without (full prompts), and how many prefixes ran as a cache (`runs`, the `prefix_runs` fixture) in each."""
+    from bizsre_tasks.editing.ike import InContextEdit
+
+    cached = run_harness(model_args, ["bizsre"], limit=limit)
+    cached_runs = len(runs)
+    monkeypatch.setattr(InContextEdit, "shared_prefix", None)  # the edit declares no prefix: full prompts
+    full = run_harness(model_args, ["bizsre"], limit=limit)
+    answers = [{task: [s["resps"] for s in samples] for task, samples in result["samples"].items()} for result in (cached, full)]
+    return answers[0], answers[1], cached_runs, len(runs) - cached_runs

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bizsre_tasks.wrapper.greedy_generation import cached_prefix, greedy_generate, is_greedy, without_prefix
-from tests.harness import run_harness
+from tests.harness import ike_answers_with_and_without_prefix, run_harness
 
 PROMPTS = ["Question: Where is the Eiffel Tower?\nAnswer:", "问题：埃菲尔铁塔在哪里？\n答案：", "Question: Who?\nAnswer:"]
 
@@ -93,15 +93,11 @@ def _rows_with_prefix(folder):
 
 
 @pytest.mark.parametrize("family_fixture", ["tiny_gemma", "tiny_llama"])
-def test_starting_from_the_prefix_cache_gives_the_same_tokens(family_fixture, request, monkeypatch):
-    from bizsre_tasks.wrapper import prefix_cache
-
+def test_starting_from_the_prefix_cache_gives_the_same_tokens(family_fixture, request, prefix_runs):
     model, tokenizer, batch, prefix_ids = _rows_with_prefix(request.getfixturevalue(family_fixture))
     width = batch.input_ids.shape[1]
     assert (batch.attention_mask == 0).any()  # rows padded differently: the padding moves behind the prefix
-    runs = []
-    real_cache = prefix_cache._cache
-    monkeypatch.setattr(prefix_cache, "_cache", lambda *args: runs.append(args) or real_cache(*args))
+    runs = prefix_runs
     prefix = cached_prefix(model, batch.input_ids, batch.attention_mask, prefix_ids, width + 12)
     assert prefix is not None and prefix[1] == len(prefix_ids) - 1 and len(runs) == 1
     for k in (3, 1000):
@@ -132,26 +128,16 @@ def test_without_prefix_keeps_the_padding_in_front():
     assert rest_mask.tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
 
 
-def test_ike_generated_answers_are_the_same_with_and_without_the_prefix_cache(tiny_llama, tmp_path, monkeypatch):
-    from bizsre_tasks.editing.ike import InContextEdit
-    from bizsre_tasks.wrapper import prefix_cache
-
+def test_ike_generated_answers_are_the_same_with_and_without_the_prefix_cache(tiny_llama, tmp_path, monkeypatch, prefix_runs):
     monkeypatch.setenv("BIZSRE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BIZSRE_TRAIN_FILE", raising=False)
     hparams = tmp_path / "ike.yaml"
     hparams.write_text("k: 3\n")  # keeps the prompts within the tiny model's context
     args = {"pretrained": str(tiny_llama), "device": "cpu", "method": "ike", "protocol": "generate", "cross_case_batch": 2,
             "batch_size": 4, "hparams": str(hparams)}
-    runs = []
-    real_cache = prefix_cache._cache
-    monkeypatch.setattr(prefix_cache, "_cache", lambda *args: runs.append(args) or real_cache(*args))
-    cached = run_harness(args, ["bizsre"], limit=3)
-    assert len(runs) == 3  # each case's demonstrations ran once, as a cache
-    monkeypatch.setattr(InContextEdit, "shared_prefix", None)  # the edit declares no prefix: full prompts
-    full = run_harness(args, ["bizsre"], limit=3)
-    assert len(runs) == 3
-    for task, samples in full["samples"].items():
-        assert [s["resps"] for s in cached["samples"][task]] == [s["resps"] for s in samples], task
+    cached, full, cached_runs, full_runs = ike_answers_with_and_without_prefix(args, monkeypatch, prefix_runs)
+    assert (cached_runs, full_runs) == (3, 0)  # each case's demonstrations ran once, as a cache; none without prefixes
+    assert cached == full
 
 
 class PrefixEdit:
