@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Print the results/README.md table rows for a folder of published runs, read from their lm-eval results JSONs.
+
+A folder is what scripts/publish_results.py writes: one `<method>_<edit_lang>/results_*.json` per finished run
+and a `runs.csv` with each run's wall time. The rows are the README's layout (F1 / EM in %, one decimal); paste
+the ones for new runs into the README. tests/test_results_tables.py checks that every README row still matches.
+
+    python scripts/results_table.py results/gemma3-270m/paper
+    python scripts/results_table.py results/gemma3-270m/generate --cases
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+# Column order of the README tables: (task, label).
+COLUMNS = [
+    ("bizsre_reliability", "reliability"),
+    ("bizsre_generality_en", "generality en"),
+    ("bizsre_generality_zh", "generality zh"),
+    ("bizsre_locality_en", "locality en"),
+    ("bizsre_locality_zh", "locality zh"),
+    ("bizsre_portability_en", "portability en"),
+    ("bizsre_portability_zh", "portability zh"),
+]
+
+
+def run_scores(run_dir: Path) -> dict[str, str]:
+    """Each task's "F1 / EM" cell for the one results JSON in `run_dir`."""
+    found = sorted(run_dir.glob("results_*.json"))
+    if len(found) != 1:
+        raise SystemExit(f"{run_dir}: expected one results_*.json, found {len(found)}")
+    results = json.loads(found[0].read_text(encoding="utf-8"))["results"]
+    cells = {}
+    for task, _ in COLUMNS:
+        if task not in results:
+            raise SystemExit(f"{found[0]}: no results for task {task!r}")
+        scores = results[task]
+        cells[task] = f"{scores['f1,none'] * 100:.1f} / {scores['em,none'] * 100:.1f}"
+    return cells
+
+
+def table_rows(folder: Path, with_cases: bool = False) -> dict[tuple[str, str], str]:
+    """Every run in `folder` as its README row, keyed by (edit language, method)."""
+    with open(folder / "runs.csv", newline="", encoding="utf-8") as handle:
+        runs = {row["run"]: row for row in csv.DictReader(handle)}
+    rows = {}
+    for name, run in sorted(runs.items()):
+        cells = run_scores(folder / name)
+        fields = [run["edit_lang"], run["method"]] + [cells[task] for task, _ in COLUMNS]
+        if with_cases:
+            fields.append(run["cases"])
+        fields.append(f"{float(run['wall_s']):.0f}")
+        rows[(run["edit_lang"], run["method"])] = "| " + " | ".join(fields) + " |"
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="a published folder, e.g. results/gemma3-270m/paper")
+    parser.add_argument("--cases", action="store_true", help="add the cases column (the generate table has it)")
+    args = parser.parse_args()
+    for row in table_rows(args.folder, args.cases).values():
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
