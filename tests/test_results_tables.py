@@ -61,7 +61,7 @@ def test_a_changed_score_changes_the_row(tmp_path):
     folder = tmp_path / "paper"
     folder.mkdir()
     shutil.copy(source / "runs.csv", folder / "runs.csv")
-    for run in (source).iterdir():
+    for run in source.iterdir():
         if run.is_dir() and not run.name.startswith("_") and run.name != "report":
             shutil.copytree(run, folder / run.name)
     script = _script()
