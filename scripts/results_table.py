@@ -13,34 +13,25 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 
-# Column order of the README tables: (task, label).
-COLUMNS = [
-    ("bizsre_reliability", "reliability"),
-    ("bizsre_generality_en", "generality en"),
-    ("bizsre_generality_zh", "generality zh"),
-    ("bizsre_locality_en", "locality en"),
-    ("bizsre_locality_zh", "locality zh"),
-    ("bizsre_portability_en", "portability en"),
-    ("bizsre_portability_zh", "portability zh"),
-]
+from bizsre_tasks.report.results_reader import find_results_files, read_results
+
+# Column order of the README tables, as results_reader's score keys.
+COLUMNS = ["reliability", "generality_en", "generality_zh", "locality_en", "locality_zh", "portability_en",
+           "portability_zh"]
 
 
 def run_scores(run_dir: Path) -> dict[str, str]:
-    """Each task's "F1 / EM" cell for the one results JSON in `run_dir`."""
-    found = sorted(run_dir.glob("results_*.json"))
+    """Each column's "F1 / EM" cell for the one results JSON in `run_dir`."""
+    found = find_results_files(run_dir)
     if len(found) != 1:
-        raise SystemExit(f"{run_dir}: expected one results_*.json, found {len(found)}")
-    results = json.loads(found[0].read_text(encoding="utf-8"))["results"]
-    cells = {}
-    for task, _ in COLUMNS:
-        if task not in results:
-            raise SystemExit(f"{found[0]}: no results for task {task!r}")
-        scores = results[task]
-        cells[task] = f"{scores['f1,none'] * 100:.1f} / {scores['em,none'] * 100:.1f}"
-    return cells
+        raise SystemExit(f"{run_dir}: expected one lm-eval results JSON, found {len(found)}")
+    run = read_results(found[0])
+    missing = [key for key in COLUMNS if run is None or key not in run.scores]
+    if missing:
+        raise SystemExit(f"{found[0]}: no scores for {', '.join(missing)}")
+    return {key: f"{run.scores[key].f1 * 100:.1f} / {run.scores[key].em * 100:.1f}" for key in COLUMNS}
 
 
 def table_rows(folder: Path, with_cases: bool = False) -> dict[tuple[str, str], str]:
@@ -50,7 +41,7 @@ def table_rows(folder: Path, with_cases: bool = False) -> dict[tuple[str, str], 
     rows = {}
     for name, run in sorted(runs.items()):
         cells = run_scores(folder / name)
-        fields = [run["edit_lang"], run["method"]] + [cells[task] for task, _ in COLUMNS]
+        fields = [run["edit_lang"], run["method"]] + [cells[key] for key in COLUMNS]
         if with_cases:
             fields.append(run["cases"])
         fields.append(f"{float(run['wall_s']):.0f}")
