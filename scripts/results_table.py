@@ -15,11 +15,11 @@ import argparse
 import csv
 from pathlib import Path
 
+from bizsre_tasks.experiments.sweep import EXPECTED_TASKS
 from bizsre_tasks.report.results_reader import find_results_files, read_results
 
-# Column order of the README tables, as results_reader's score keys.
-COLUMNS = ["reliability", "generality_en", "generality_zh", "locality_en", "locality_zh", "portability_en",
-           "portability_zh"]
+# The README tables' score columns: the sweep's seven tasks, in its order (results_reader's score keys).
+COLUMNS = EXPECTED_TASKS
 
 
 def run_scores(run_dir: Path) -> dict[str, str]:
