@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     from bizsre_tasks.commands.sweep import key_value_pairs
     from bizsre_tasks.editing.registry import read_hparams_file
     from bizsre_tasks.editing_wrapper import EditedHFLM
+    from bizsre_tasks.experiments.sweep import EXPECTED_TASKS
 
     lm = EditedHFLM(pretrained=args.pretrained, method="none", edit_lang=args.edit_lang, protocol=args.protocol,
                     batch_size=args.batch_size, train_file=args.train_file, device="cuda" if torch.cuda.is_available() else "cpu")
     metadata = {"test_file": args.test_file, "edit_lang": args.edit_lang, "protocol": args.protocol, "pretrained": lm.editor.context.model_name}
-    tasks = ["bizsre_reliability", *(f"bizsre_{s}_{lang}" for s in ("generality", "locality", "portability") for lang in ("en", "zh"))]
+    tasks = [f"bizsre_{task}" for task in EXPECTED_TASKS]
 
     def requests_for(cases: int) -> list:
         return [r for requests in build_requests(tasks, cases, metadata).values() for r in requests]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bizsre_tasks.languages import PAIR
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
 
 
@@ -38,7 +39,7 @@ def add_train_file_options(parser: argparse.ArgumentParser, what: str) -> None:
     `--train-file-zh` as shorthands for the Bi-ZsRE pair."""
     parser.add_argument("--train-file", action="append", default=[], metavar="LANG=FILE",
                         help=f"training file for {what} language LANG (IKE demonstrations, SERAC/MEND); repeatable")
-    for lang in ("en", "zh"):
+    for lang in PAIR:
         parser.add_argument(f"--train-file-{lang}", help=f"same as --train-file {lang}=FILE")
 
 
@@ -52,7 +53,7 @@ def train_files_from(args: argparse.Namespace) -> dict[str, str]:
         if not sep or not lang.strip() or not path.strip():
             raise ConfigurationError(f"--train-file expects LANG=FILE, got '{item}'")
         files[lang.strip()] = path.strip()
-    for lang in ("en", "zh"):
+    for lang in PAIR:
         if getattr(args, f"train_file_{lang}", None):
             files[lang] = getattr(args, f"train_file_{lang}")
     return files
