@@ -11,13 +11,15 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from bizsre_tasks.languages import PAIR
 from bizsre_tasks.report.results_reader import SPLITS, RunResult, Score
 
 # The paper's row order, with the unedited baseline first.
 METHOD_ORDER = ("none", "ft", "serac", "ike", "mend", "kn", "rome", "memit", "alphaedit")
 # Names as the methods' papers write them; any other method is shown upper-cased (ROME, MEMIT, ...).
 METHOD_LABELS = {"none": "No edit", "alphaedit": "AlphaEdit"}
-LANGUAGE_ORDER = ("en", "zh")
+# Bi-ZsRE's pair first, as the paper orders its columns; other languages follow alphabetically.
+LANGUAGE_ORDER = PAIR
 MISSING = "–"
 
 

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import yaml
 
+from bizsre_tasks import languages
 from bizsre_tasks.tasks import data_loading, prompts
 
 BUNDLED_DIR = Path(__file__).parent.parent / "yaml"
-BUNDLED_LANGUAGES = ("en", "zh")
+BUNDLED_LANGUAGES = languages.PAIR  # the bundled tasks are Bi-ZsRE's pair
 TASK_VERSION = 1.0
 MAX_GEN_TOKS = 32
 DOCS_FUNCTION = "bizsre_tasks.tasks.task_docs.load_docs"
