@@ -18,10 +18,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bizsre_tasks.languages import PAIR
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--langs", default="en,zh", help="comma-separated languages (default: en,zh)")
+    parser.add_argument("--langs", default=",".join(PAIR), help="comma-separated languages (default: %(default)s)")
     options = parser.parse_args(argv)
 
     import torch

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from bizsre_tasks.benchmark.report import replace_section
+from bizsre_tasks.languages import PAIR
 
 SECTION = "paper-sweep"
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs_csv", type=Path)
     parser.add_argument("--expected", default="none,ft,ike,kn,rome,memit,serac,mend", help="methods of the whole sweep")
-    parser.add_argument("--edit-langs", default="en,zh")
+    parser.add_argument("--edit-langs", default=",".join(PAIR))
     parser.add_argument("--training", action="append", default=[], help="NAME=SECONDS of a trainer run (repeatable)")
     parser.add_argument("--note", default="", help="a line under the table (what else ran meanwhile)")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))

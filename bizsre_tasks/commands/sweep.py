@@ -15,7 +15,7 @@ def comma_list(text: str) -> list[str]:
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", required=True, type=comma_list, help="comma-separated editing methods, e.g. none,ft,ike,kn,rome,memit")
-    parser.add_argument("--edit-langs", default="en,zh", type=comma_list, help="comma-separated edit languages (default: en,zh)")
+    parser.add_argument("--edit-langs", default=",".join(PAIR), type=comma_list, help="comma-separated edit languages (default: %(default)s)")
     parser.add_argument("--output", required=True, help="sweep folder; run folders <method>_<edit_lang>/ go inside")
     parser.add_argument("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
     parser.add_argument("--limit", type=int, help="first N test cases per run (default: all)")
