@@ -12,8 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from bizsre_tasks.commands.sweep import add_train_file_options, comma_list, key_value_pairs, train_files_from
-from bizsre_tasks.languages import PAIR
+from bizsre_tasks.commands.sweep import add_edit_langs_option, add_train_file_options, comma_list, key_value_pairs, train_files_from
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
 
 
@@ -22,7 +21,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     add("--output", required=True, help="study folder: points/, checkpoints/, runs/, summary.csv, summary.md, training_scale.png")
     add("--sizes", default="100,500,1000,3000,5000", help="training examples per point, comma-separated; 1K = 1000 (default 100,500,1K,3K,5K)")
     add("--methods", default="serac,mend,ike", type=comma_list, help="any of serac,mend,ike (default: all three)")
-    add("--edit-langs", default=",".join(PAIR), type=comma_list, help="edit languages (default %(default)s)")
+    add_edit_langs_option(parser)
     add_train_file_options(parser, "edits in")  # default $BIZSRE_TRAIN_FILE
     add("--aligned-file", action="append", default=[], metavar="METHOD_LANG=FILE",
         help="trainer --aligned-file for one method and language, e.g. mend_zh=train_qa_en.tsv (SERAC default: the other language's training file)")

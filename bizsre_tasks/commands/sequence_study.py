@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bizsre_tasks.commands.sweep import add_train_file_options, comma_list, key_value_pairs, train_files_from
-from bizsre_tasks.languages import PAIR
+from bizsre_tasks.commands.sweep import add_edit_langs_option, add_train_file_options, comma_list, key_value_pairs, train_files_from
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
 
 
@@ -20,7 +19,7 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     add("--output", required=True, help="study folder: runs/, sequence.csv, sequence.md, sequence_<lang>.png")
     add("--points", default="1,10,50,100,200", help="numbers of sequential edits, comma-separated; the run covers the first max(N) cases (default 1,10,50,100,200)")
     add("--methods", default="ft,rome,memit,alphaedit,ike", type=comma_list, help="editing methods (default ft,rome,memit,alphaedit,ike)")
-    add("--edit-langs", default=",".join(PAIR), type=comma_list, help="edit languages (default %(default)s)")
+    add_edit_langs_option(parser)
     add_train_file_options(parser, "edits in")  # IKE's demonstration pool (default $BIZSRE_TRAIN_FILE)
     add("--hparams", action="append", default=[], metavar="METHOD=YAML", help="hyperparameters for one method (repeatable)")
     add("--test-file", help="Bi-ZsRE test file (default: $BIZSRE_TEST_FILE, else the bundled sample)")

@@ -15,7 +15,7 @@ def comma_list(text: str) -> list[str]:
 
 def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", required=True, type=comma_list, help="comma-separated editing methods, e.g. none,ft,ike,kn,rome,memit")
-    parser.add_argument("--edit-langs", default=",".join(PAIR), type=comma_list, help="comma-separated edit languages (default: %(default)s)")
+    add_edit_langs_option(parser)
     parser.add_argument("--output", required=True, help="sweep folder; run folders <method>_<edit_lang>/ go inside")
     parser.add_argument("--pretrained", help="model folder or hub id (default: the bundled Gemma 3 270M)")
     parser.add_argument("--limit", type=int, help="first N test cases per run (default: all)")
@@ -32,6 +32,12 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-answer-store", action="store_true",
                         help="do not keep per-case answers in OUTPUT/.answers/ (then a killed run restarts from its first case)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
+
+
+def add_edit_langs_option(parser: argparse.ArgumentParser) -> None:
+    """`--edit-langs`, shared by the commands that run one job per edit language (default: the Bi-ZsRE pair)."""
+    parser.add_argument("--edit-langs", default=",".join(PAIR), type=comma_list,
+                        help="comma-separated edit languages (default: %(default)s)")
 
 
 def add_train_file_options(parser: argparse.ArgumentParser, what: str) -> None:
