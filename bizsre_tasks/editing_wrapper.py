@@ -58,7 +58,7 @@ from bizsre_tasks.wrapper.answer_store import (
     request_signature,
     run_identity,
 )
-from bizsre_tasks.wrapper.case_planning import CaseWork, plan_cases
+from bizsre_tasks.wrapper.case_planning import CaseWork, cut, plan_cases
 from bizsre_tasks.wrapper.model_args import check_model_args, positive_int
 from bizsre_tasks.wrapper.prefix_cache import (
     shared_prefix_answers,
@@ -147,6 +147,7 @@ class EditedHFLM(HFLM):
         sequence_checkpoints: str | None = None,
         checkpoint_answers: str | None = None,
         drop_finished_rows: bool = True,
+        case_order: str = "forward",
         **kwargs: Any,
     ) -> None:
         test_file = kwargs.get("test_file")
@@ -167,6 +168,7 @@ class EditedHFLM(HFLM):
             preflight.check_test_file(test_file, edit_lang)
         cross_case_batch, edit_batch = positive_int("cross_case_batch", cross_case_batch), positive_int("edit_batch", edit_batch)
         edit_mode, edits_per_batch = edit_modes.check_edit_mode(edit_mode, edits_per_batch)
+        case_order = edit_modes.check_case_order(case_order, edit_mode)
         checkpoints = sequence_points.parse_checkpoints(sequence_checkpoints)
         sequence_points.check_options(edit_mode, checkpoints, checkpoint_answers)
         user_hparams = read_hparams_file(hparams, method_cls.name)  # `paper`: the method's bundled preset
@@ -179,7 +181,7 @@ class EditedHFLM(HFLM):
         super().__init__(pretrained=resolve_pretrained(pretrained, cache_dir), **kwargs)
         self._adopt_cpu_processes()
         edit_modes.check_world_size(edit_mode, self.world_size)
-        self.edit_mode, self.edits_per_batch = edit_mode, edits_per_batch
+        self.edit_mode, self.edits_per_batch, self.case_order = edit_mode, edits_per_batch, case_order
         self.checkpoint_writer = sequence_points.CheckpointWriter(checkpoint_answers, checkpoints) if checkpoints else None
         self.model.requires_grad_(False)
         self.method_name = method
@@ -363,17 +365,21 @@ class EditedHFLM(HFLM):
         if store is not None:
             for case in cases:
                 signatures.update({i: request_signature(requests[i], case.occurrence[i]) for i in case.indices})
-        todo = []
-        for case in cases:
-            entry = store.finished(case.case_key, [signatures[i] for i in case.indices]) if store else None
-            if entry is None:
-                todo.append(case)
-                continue
+
+        def take_stored(case: CaseWork, entry: dict) -> None:
             self._store(answers, case.indices, [entry["answers"][signatures[i]] for i in case.indices])
             if entry.get("failure"):
                 self._record_failure(case, entry["failure"])
             if entry.get("immediate") is not None:
                 run_state.record_immediate(case.case_key, entry["immediate"])
+
+        todo = []
+        for case in cases:
+            entry = store.finished(case.case_key, [signatures[i] for i in case.indices]) if store else None
+            if entry is None:
+                todo.append(case)
+            else:
+                take_stored(case, entry)
         if store is not None and len(todo) < len(cases):
             logger.info("answer store %s: %d of %d cases already answered, resuming", store.path, len(cases) - len(todo), len(cases))
         # Counts answers, not cases: a weight-free chunk of many cases is answered in slices that each
@@ -405,7 +411,28 @@ class EditedHFLM(HFLM):
                     store.record(case.case_key, {signatures[i]: answers[i] for i in case.indices}, run_state.FAILED_EDITS.get(case.case_key),
                                  (immediate or {}).get(case.case_key))
             cases_done += len(chunk)
+            waiting.difference_update(id(case) for case in chunk)
             progress.set_postfix_str(f"cases {cases_done}/{len(cases)}")
+
+        def pending_chunks(chunks: list[list[CaseWork]]):
+            """The chunks in `case_order`, each with its cases still to answer. Before each chunk the store is
+            read again: cases another process of this run (case_order=reverse) finished meanwhile are taken
+            from it, so the two meet in the middle and neither does a case the other has done."""
+            nonlocal cases_done
+            for chunk in reversed(chunks) if self.case_order == "reverse" else chunks:
+                if store is not None:
+                    store.refresh()
+                    for case in chunk:
+                        entry = store.finished(case.case_key, [signatures[i] for i in case.indices]) if id(case) in waiting else None
+                        if entry is not None:
+                            take_stored(case, entry)
+                            waiting.discard(id(case))
+                            cases_done += 1
+                            progress.update(len(case.indices))
+                            progress.set_postfix_str(f"cases {cases_done}/{len(cases)}")
+                pending = [case for case in chunk if id(case) in waiting]
+                if pending:
+                    yield chunk, pending
 
         if self.edit_mode == "sequential":
             if todo and len(todo) < len(cases):
@@ -421,36 +448,37 @@ class EditedHFLM(HFLM):
                                store.path, self.checkpoint_writer.path)
         elif self.edit_mode == "batch":
             # Batches are cut from every case, not from those left, so a resumed run installs the same edits together.
-            for start in range(0, len(cases), self.edits_per_batch):
-                batch = cases[start : start + self.edits_per_batch]
-                if any(id(case) in waiting for case in batch):
-                    self._answer_batch(requests, batch, answers, finished)
+            for batch, _ in pending_chunks(cut(cases, self.edits_per_batch)):
+                self._answer_batch(requests, batch, answers, finished)
         elif self.editor.modifies_weights:
-            for start in range(0, len(todo), self.edit_batch):
-                self._answer_edited_chunk(requests, todo[start : start + self.edit_batch], answers, finished)
+            # Chunks are cut from every case too: the chunk's δ are optimised in one padded batch whose rounding
+            # depends on which cases share it, so a resumed run must form the same chunks to give the same answers.
+            for chunk, pending in pending_chunks(cut(cases, self.edit_batch)):
+                self._answer_edited_chunk(requests, chunk, pending, answers, finished)
         else:
-            for start in range(0, len(todo), self.cross_case_batch):
-                chunk = todo[start : start + self.cross_case_batch]
-                self._answer_weight_free_chunk(requests, chunk, answers)
-                finished(chunk)
+            for _, pending in pending_chunks(cut(todo, self.cross_case_batch)):
+                self._answer_weight_free_chunk(requests, pending, answers)
+                finished(pending)
         progress.close()
         self._progress = None
         if self.failed_edits:
             logger.warning("%d edit(s) failed: %s", len(self.failed_edits), self.failed_edits)
         return [answer if answer is not None else "" for answer in answers]
 
-    def _answer_edited_chunk(self, requests: list, cases: list[CaseWork], answers: list, finished) -> None:
+    def _answer_edited_chunk(self, requests: list, chunk: list[CaseWork], pending: list[CaseWork], answers: list, finished) -> None:
         """A chunk of cases for a weight method: pre-edit answers together, the method's shared work
-        (`precompute`), then edit, answer and restore case by case, calling `finished([case])` after each."""
+        (`precompute`), then edit, answer and restore case by case, calling `finished([case])` after each.
+        Only `pending` cases are edited; the pre-edit answers and `precompute` still take the whole chunk
+        (a chunk resumed part-way), since the batch they form decides their rounding."""
         clock = time.perf_counter
         started = clock()
-        self._answer_pre_edit(requests, cases, answers)
+        self._answer_pre_edit(requests, chunk, answers, keep=pending)
         shared_started = clock()
         with context_limit(self.model, self.max_length):
-            self.editor.precompute([case.edit for case in cases])
-        # The chunk's shared work is counted in equal shares in every case's timings.
-        pre_share, apply_share = (shared_started - started) / len(cases), (clock() - shared_started) / len(cases)
-        for case in cases:
+            self.editor.precompute([case.edit for case in chunk])
+        # The chunk's shared work is counted in equal shares in every edited case's timings.
+        pre_share, apply_share = (shared_started - started) / len(pending), (clock() - shared_started) / len(pending)
+        for case in pending:
             edit_started = clock()
             applied = self._apply(case)
             answer_started = clock()
@@ -563,9 +591,19 @@ class EditedHFLM(HFLM):
         post = [i for case in cases[:edits_done] for i in case.post_edit]
         writer.write(edits_done, requests, post, self._answer(requests, post, [in_force] * len(post)))
 
-    def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list) -> None:
+    def _answer_pre_edit(self, requests: list, cases: list[CaseWork], answers: list, keep: list[CaseWork] | None = None) -> None:
+        """The unedited model's answers to the cases' pre-edit questions, in one call; with `keep`, only those
+        cases' answers are stored (the others already hold answers from the store)."""
         pre = [i for case in cases for i in case.pre_edit]
-        self._answer_and_store(requests, pre, [AppliedEdit()] * len(pre), answers)
+        if keep is None or len(keep) == len(cases):
+            self._answer_and_store(requests, pre, [AppliedEdit()] * len(pre), answers)
+            return
+        computed: list[str | None] = [None] * len(answers)
+        self._answer_and_store(requests, pre, [AppliedEdit()] * len(pre), computed)
+        kept = [i for case in keep for i in case.pre_edit]
+        self._store(answers, kept, [computed[i] for i in kept])
+        if getattr(self, "_progress", None) is not None:
+            self._progress.update(len(kept) - len(pre))  # the bar counted the answers not kept
 
     def _answer_and_store(self, requests: list, indices: list[int], edits: list[AppliedEdit], answers: list) -> None:
         """`_answer` in slices sized from the measured time per answer so that each takes about
@@ -622,7 +660,9 @@ class EditedHFLM(HFLM):
             **({"generation": "greedy, finished rows dropped, shared prefixes cached" if self.drop_finished_rows else "harness generate"} if self.protocol == "generate" else {}),
             **edit_modes.identity_parts(self.edit_mode, self.edits_per_batch, case_keys),
         }
-        return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank)
+        # The order is not part of the identity: the chunks are the same either way, and so are the answers.
+        worker = "" if self.case_order == "forward" else self.case_order
+        return AnswerStore(self.answer_store_dir, run_identity(**identity_parts), identity_parts, rank=self.rank, worker=worker)
 
     @staticmethod
     def _store(answers: list, indices: list[int], values: list[str]) -> None:

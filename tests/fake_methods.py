@@ -21,6 +21,7 @@ class CountingWeightEdit(EditingMethod):
     default_hparams = {"layer": 0, "scale": 1.0, "fail_on_cases": []}
     applied: list[str] = []
     events: list[tuple] = []  # ("precompute", [case keys]) and ("apply", case key), in call order
+    on_apply = None  # a test's hook, called with each request before it is applied
 
     def validate_hparams(self) -> None:
         self.layout.check_layer(self.hparams["layer"], "layer")
@@ -29,6 +30,8 @@ class CountingWeightEdit(EditingMethod):
         type(self).events.append(("precompute", [request.case_key for request in requests]))
 
     def apply(self, request):
+        if type(self).on_apply is not None:
+            type(self).on_apply(request)
         type(self).applied.append(request.case_key)
         type(self).events.append(("apply", request.case_key))
         weight = self.layout.weight_out_in("mlp_out", self.hparams["layer"])

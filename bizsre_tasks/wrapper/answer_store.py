@@ -5,6 +5,10 @@ method, resolved hparams, edit language, protocol, package version). Each line h
 case: its answers keyed by request signature, and the failure reason if its edit failed. A line is
 written (and flushed to disk) only after the case is complete and the model restored, so a crash at
 any point loses at most the case in progress; a truncated last line is ignored on reading.
+
+The store reads every answer file of its run identity in the folder (other ranks', and that of a
+process working through the same run in the other direction, `case_order=reverse`), and `refresh`
+reads what those processes wrote since, so two processes can share one long run without doing a case twice.
 """
 
 from __future__ import annotations
@@ -29,21 +33,31 @@ def run_identity(**parts: Any) -> str:
 
 
 class AnswerStore:
-    def __init__(self, folder: str | os.PathLike, identity: str, description: dict[str, Any], rank: int = 0):
+    def __init__(self, folder: str | os.PathLike, identity: str, description: dict[str, Any], rank: int = 0, worker: str = ""):
+        """`worker`: a suffix for this process's own file (`reverse` for case_order=reverse), so that two
+        processes of one run never append to the same file."""
         self.folder = Path(folder).expanduser()
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path = self.folder / f"answers-{identity}-rank{rank}.jsonl"
+        self.identity = identity
+        self.path = self.folder / f"answers-{identity}-rank{rank}{'-' + worker if worker else ''}.jsonl"
         (self.folder / f"run-{identity}.json").write_text(json.dumps(description, indent=2, sort_keys=True, default=str))
         self.cases: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            self._read()
+        self._read_upto: dict[Path, int] = {}  # bytes of each answer file already read (complete lines only)
+        self.refresh()
 
-    def _read(self) -> None:
-        with self.path.open(encoding="utf-8") as handle:
-            for line in handle:
+    def refresh(self) -> None:
+        """Reads the complete lines added to any answer file of this run since the last read."""
+        for path in sorted(self.folder.glob(f"answers-{self.identity}-rank*.jsonl")):
+            start = self._read_upto.get(path, 0)
+            with path.open("rb") as handle:
+                handle.seek(start)
+                data = handle.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line still being written waits for the next read
+            self._read_upto[path] = start + len(complete)
+            for line in complete.splitlines():
                 try:
                     entry = json.loads(line)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, UnicodeDecodeError):
                     continue  # the line a killed run was writing
                 if isinstance(entry, dict) and "case_key" in entry:
                     self.cases[entry["case_key"]] = entry

@@ -70,3 +70,8 @@ def plan_cases(requests: list[Any]) -> list[CaseWork]:
             if doc.get("split") == "reliability":
                 work.reliability.append(index)
     return list(cases.values())
+
+
+def cut(cases: list[CaseWork], size: int) -> list[list[CaseWork]]:
+    """`cases` in consecutive chunks of `size` (the last may be shorter)."""
+    return [cases[start : start + size] for start in range(0, len(cases), size)]

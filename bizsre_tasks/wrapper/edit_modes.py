@@ -19,6 +19,7 @@ from bizsre_tasks.errors import ConfigurationError
 from bizsre_tasks.wrapper.model_args import positive_int
 
 EDIT_MODES = ("single", "sequential", "batch")
+CASE_ORDERS = ("forward", "reverse")
 DEFAULT_EDITS_PER_BATCH = 16
 
 
@@ -27,6 +28,18 @@ def check_edit_mode(edit_mode: Any, edits_per_batch: Any) -> tuple[str, int]:
     if mode not in EDIT_MODES:
         raise ConfigurationError(f"model_arg edit_mode must be one of {', '.join(EDIT_MODES)}, got {edit_mode!r}")
     return mode, positive_int("edits_per_batch", edits_per_batch)
+
+
+def check_case_order(case_order: Any, mode: str) -> str:
+    """`forward` (default) or `reverse`: the order a run takes its chunks in. A second process with
+    case_order=reverse and the same answer_store works through the run from its other end."""
+    order = str(case_order).strip().lower()
+    if order not in CASE_ORDERS:
+        raise ConfigurationError(f"model_arg case_order must be one of {', '.join(CASE_ORDERS)}, got {case_order!r}")
+    if order == "reverse" and mode == "sequential":
+        raise ConfigurationError("case_order=reverse cannot be used with edit_mode=sequential: the sequence of edits is "
+                                 "the order of the cases, and its answers are written only once the whole sequence is done")
+    return order
 
 
 def check_world_size(mode: str, world_size: int) -> None:
