@@ -8,7 +8,8 @@ the command line the sweep ran (the first line of the run's `lm_eval.log`). A ru
 took several `lm_eval` processes: the earlier ones' logs are in `SWEEP/.incomplete/<run>-<time>/`, and their
 answering time (the progress bar's elapsed time) is added to `wall_s`; `segments` counts the processes and
 `wall_cases` the cases whose time `wall_s` holds (fewer than `cases` when some answers came from a store without
-its logs, which is then reported). Unfinished runs are listed and
+its logs, which is then reported). The processes of a `--case-order reverse` sweep on the same folder (logs in
+`SWEEP/.reverse/`) answered cases the last process took from the store: their time is added too. Unfinished runs are listed and
 skipped, so the script can be run again as a sweep goes on. Rows already in `OUT/runs.csv` for runs not in this
 sweep folder are kept (runs published from earlier machines), so a sweep can be published piece by piece.
 
@@ -27,7 +28,7 @@ import sys
 from pathlib import Path
 
 from bizsre_tasks.report.results_reader import RUN_LOG_NAME, ResultsFileError, RunResult, find_results_files, read_results
-from bizsre_tasks.experiments.sweep import EXPECTED_TASKS, INCOMPLETE_DIR
+from bizsre_tasks.experiments.sweep import EXPECTED_TASKS, INCOMPLETE_DIR, REVERSE_DIR
 
 ELAPSED = re.compile(r"\[(?:(\d+):)?(\d+):(\d+)<")  # tqdm's "[H:MM:SS<" or "[MM:SS<"
 CASES = re.compile(r"cases (\d+)/\d+")  # edited-hf's progress postfix
@@ -61,6 +62,17 @@ def earlier_segments(run: Path) -> list[Path]:
     aside = run.parent / INCOMPLETE_DIR
     folders = sorted(p for p in aside.iterdir() if pattern.match(p.name)) if aside.is_dir() else []
     return [folder / RUN_LOG_NAME for folder in folders if (folder / RUN_LOG_NAME).is_file()]
+
+
+def reverse_segments(sweep: Path, name: str) -> list[Path]:
+    """Logs of a `--case-order reverse` sweep's processes for run `name`: the latest and any it set aside."""
+    folder = sweep / REVERSE_DIR
+    logs = [folder / name / RUN_LOG_NAME]
+    pattern = re.compile(rf"^{re.escape(name)}-\d{{8}}-\d{{6}}$")
+    aside = folder / INCOMPLETE_DIR
+    if aside.is_dir():
+        logs += [p / RUN_LOG_NAME for p in sorted(aside.iterdir()) if pattern.match(p.name)]
+    return [log for log in logs if log.is_file()]
 
 
 def resumed_from(started_at: int, segments: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
@@ -102,13 +114,16 @@ def main(argv: list[str] | None = None) -> int:
         started_at, _, _ = segment(log)
         earlier = resumed_from(started_at, [segment(read_log(path)) for path in earlier_segments(run)])
         wall_cases = cases - started_at + sum(end - start for start, end, _ in earlier)
-        if earlier or started_at:
-            print(f"{run.name}: {len(earlier) + 1} lm_eval processes, wall time covers {wall_cases} of {cases} cases")
+        # A `--case-order reverse` sweep's processes answered cases the last process then took from the store.
+        helpers = [segment(read_log(path)) for path in reverse_segments(options.sweep, run.name)]
+        if earlier or started_at or helpers:
+            print(f"{run.name}: {len(earlier) + len(helpers) + 1} lm_eval processes"
+                  + (f" ({len(helpers)} from the other end)" if helpers else "") + f", wall time covers {wall_cases} of {cases} cases")
         rows.append({
             "run": run.name, "method": result.method, "edit_lang": result.edit_lang, "protocol": result.protocol,
             "cases": result.cases if result.cases is not None else "",
-            "wall_s": round(float(wall) + sum(seconds for _, _, seconds in earlier)),
-            "segments": len(earlier) + 1, "wall_cases": wall_cases, "command": command,
+            "wall_s": round(float(wall) + sum(seconds for _, _, seconds in earlier + helpers)),
+            "segments": len(earlier) + len(helpers) + 1, "wall_cases": wall_cases, "command": command,
         })
     options.out.mkdir(parents=True, exist_ok=True)
     listing = options.out / "runs.csv"

@@ -107,3 +107,20 @@ def test_set_aside_attempts_whose_answers_were_not_kept_are_not_counted(tmp_path
     assert _publish(monkeypatch, sweep, tmp_path / "out") == 0
     (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
     assert (row["wall_s"], row["segments"], row["wall_cases"]) == ("700", "2", "1037")
+
+
+def test_the_other_ends_processes_add_their_time(tmp_path, monkeypatch, capsys):
+    _run(tmp_path, "memit_zh", TASKS, 100)
+    sweep = tmp_path / "sweep"
+    (sweep / "memit_zh" / "lm_eval.log").write_text("# lm_eval\n" + _bar(0, 1037, "01:40"))
+    reverse = sweep / ".reverse"
+    (reverse / "memit_zh").mkdir(parents=True)
+    (reverse / "memit_zh" / "lm_eval.log").write_text("# lm_eval\n" + _bar(700, 1037, "10:00"))
+    (reverse / ".incomplete" / "memit_zh-20261206-010000").mkdir(parents=True)
+    (reverse / ".incomplete" / "memit_zh-20261206-010000" / "lm_eval.log").write_text("# lm_eval\n" + _bar(400, 650, "20:00"))
+    (reverse / ".incomplete" / "memit_en-20261206-010000").mkdir(parents=True)  # another run's: not counted
+    (reverse / ".incomplete" / "memit_en-20261206-010000" / "lm_eval.log").write_text(_bar(0, 9, "10:00:00"))
+    assert _publish(monkeypatch, sweep, tmp_path / "out") == 0
+    assert "memit_zh: 3 lm_eval processes (2 from the other end)" in capsys.readouterr().out
+    (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
+    assert (row["wall_s"], row["segments"], row["wall_cases"]) == (str(100 + 600 + 1200), "3", "1037")

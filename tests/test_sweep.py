@@ -113,6 +113,25 @@ def test_unfinished_run_is_redone_and_set_aside(tmp_path: Path) -> None:
     assert run.scores["reliability"].f1 == pytest.approx(0.5)
 
 
+def test_a_reverse_sweep_works_from_the_other_end_on_the_same_stores(tmp_path: Path) -> None:
+    forward = options(tmp_path, methods=["none", "rome"])
+    reverse = options(tmp_path, methods=["none", "rome"], case_order="reverse")
+    assert [run.name for run in plan_runs(reverse)] == ["rome_zh", "rome_en", "none_zh", "none_en"]
+    (run,) = [run for run in plan_runs(reverse) if run.name == "rome_zh"]
+    args = model_args_of(command(run, reverse))
+    assert args["case_order"] == "reverse" and "case_order" not in model_args_of(command(plan_runs(forward)[0], forward))
+    assert args["answer_store"] == model_args_of(command(plan_runs(forward)[-1], forward))["answer_store"]
+    assert run.folder == tmp_path / "sweep" / ".reverse" / "rome_zh"
+
+    # Runs the forward sweep finished are skipped; the reverse sweep's own results stay out of the report's way.
+    write_run(forward.output / "rome_zh", "rome", "zh", flat_cases(0.3), model_args={"method": "rome", "edit_lang": "zh", "protocol": "teacher_forced"}, limit=2.0)
+    runner = FakeRunner()
+    outcome = run_sweep(reverse, runner=runner, show_progress=False, echo=lambda m: None)
+    assert [r.name for r in outcome.skipped] == ["rome_zh"]
+    assert [f"{model_args_of(c)['method']}_{model_args_of(c)['edit_lang']}" for c in runner.calls] == ["rome_en", "none_zh", "none_en"]
+    assert (tmp_path / "sweep" / ".reverse" / "none_en").is_dir() and not (tmp_path / "sweep" / "none_en").exists()
+
+
 def test_run_with_missing_tasks_is_not_finished(tmp_path: Path) -> None:
     opts = options(tmp_path, edit_langs=["en"])
     write_run(opts.output / "none_en", "none", "en", flat_cases(0.3), tasks=TASKS[:4],
@@ -151,6 +170,9 @@ def test_finished_run_with_other_settings_stops_before_running(tmp_path: Path) -
         ({"extra_model_args": {"method": "rome"}}, "may not set method"),
         ({"test_file": "/no/such/file.json"}, "test file /no/such/file.json not found"),
         ({"hparams": {"rome": "/x.yaml"}}, "not in --methods"),
+        ({"extra_model_args": {"case_order": "reverse"}}, "may not set case_order"),
+        ({"case_order": "sideways"}, "unknown case order 'sideways'"),
+        ({"case_order": "reverse", "answer_store": False}, "cannot run with --no-answer-store"),
     ],
 )
 def test_invalid_options(tmp_path: Path, overrides, message) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bizsre_tasks.languages import PAIR
 from bizsre_tasks.tasks.task_docs import PROTOCOLS
+from bizsre_tasks.wrapper.edit_modes import CASE_ORDERS
 
 
 def comma_list(text: str) -> list[str]:
@@ -31,6 +32,11 @@ def configure(name: str, parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="lm_eval --device (default: cuda when available, else cpu)")
     parser.add_argument("--no-answer-store", action="store_true",
                         help="do not keep per-case answers in OUTPUT/.answers/ (then a killed run restarts from its first case)")
+    parser.add_argument("--case-order", default="forward", choices=CASE_ORDERS,
+                        help="reverse: a second sweep on the same --output (e.g. on a second core or machine) that takes the "
+                             "runs last to first and each run's cases last to first, sharing the answer stores, so the two "
+                             "sweeps meet in the middle; its results go to OUTPUT/.reverse/, and the forward sweep, run to its "
+                             "end, takes every answer it made (default: forward)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per run only)")
 
 
@@ -103,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         answer_store=not args.no_answer_store,
+        case_order=args.case_order,
     )
     outcome = run_sweep(options, show_progress=not args.no_progress)
     total = len(outcome.skipped) + len(outcome.finished) + len(outcome.failed)

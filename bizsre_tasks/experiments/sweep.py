@@ -34,16 +34,20 @@ from bizsre_tasks.tasks.task_generation import (
     BUNDLED_LANGUAGES,
     PER_LANGUAGE_SPLITS,
 )
+from bizsre_tasks.wrapper.edit_modes import CASE_ORDERS
 
 GROUP = "bizsre"
 EXPECTED_TASKS = ("reliability", *(f"{split}_{lang}" for split in PER_LANGUAGE_SPLITS for lang in BUNDLED_LANGUAGES))
 # `--hparams METHOD=paper`: a bundled preset (editing.registry.PRESETS; not imported here, it needs torch).
 HPARAMS_PRESETS = ("paper",)
 RESERVED_ARGS = ("method", "edit_lang", "protocol", "pretrained", "test_file", "train_file", "hparams", "checkpoint", "answer_store",
-                 "checkpoint_answers")
+                 "checkpoint_answers", "case_order")
 INCOMPLETE_DIR = ".incomplete"  # hidden, so `bizsre report` does not read set-aside runs
 # Outside the run folders (which are set aside when unfinished), hidden from `bizsre report`.
 ANSWERS_DIR = ".answers"
+# `--case-order reverse`: a second sweep on the same folder, working from the last case of the last run back,
+# sharing the answer stores; its own results and logs go here (hidden from `bizsre report`).
+REVERSE_DIR = ".reverse"
 
 
 @dataclass
@@ -63,6 +67,7 @@ class SweepOptions:
     device: str | None = None
     answer_store: bool = True  # edited-hf saves answers per case, so a killed run resumes mid-way
     checkpoint_answers: str | None = None  # edit_mode=sequential: file name, in each run folder, of the checkpoint answers
+    case_order: str = "forward"  # reverse: runs last to first, each run's cases last to first (edited-hf case_order)
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ def validate(options: SweepOptions) -> None:
             raise ConfigurationError(f"edit language '{lang}' is not one of the bundled task languages {', '.join(BUNDLED_LANGUAGES)}")
     if options.protocol not in PROTOCOLS:
         raise ConfigurationError(f"unknown protocol '{options.protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+    if options.case_order not in CASE_ORDERS:
+        raise ConfigurationError(f"unknown case order '{options.case_order}'; choose one of: {', '.join(CASE_ORDERS)}")
+    if options.case_order == "reverse" and not options.answer_store:
+        raise ConfigurationError("--case-order reverse shares the forward sweep's answer stores; it cannot run with --no-answer-store")
     clash = sorted(set(options.extra_model_args) & set(RESERVED_ARGS))
     if clash:
         raise ConfigurationError(f"--extra-model-args may not set {', '.join(clash)}; the sweep sets those (use its own options)")
@@ -137,6 +146,9 @@ def _validate_files(options: SweepOptions) -> None:
 
 
 def plan_runs(options: SweepOptions) -> list[PlannedRun]:
+    if options.case_order == "reverse":
+        runs = [PlannedRun(m, lang, options.output / REVERSE_DIR / f"{m}_{lang}") for m in options.methods for lang in options.edit_langs]
+        return runs[::-1]
     return [PlannedRun(m, lang, options.output / f"{m}_{lang}") for m in options.methods for lang in options.edit_langs]
 
 
@@ -162,6 +174,8 @@ def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
         args["answer_store"] = str((options.output / ANSWERS_DIR / run.name).resolve())
     if options.checkpoint_answers:
         args["checkpoint_answers"] = str((run.folder / options.checkpoint_answers).resolve())
+    if options.case_order != "forward":
+        args["case_order"] = options.case_order
     args.update(options.extra_model_args)
     return args
 
@@ -249,6 +263,8 @@ def pending_runs(options: SweepOptions, outcome: SweepOutcome) -> list[PlannedRu
     pending, conflicts = [], []
     for run in plan_runs(options):
         result = finished_result(run)
+        if result is None and options.case_order == "reverse":  # the forward sweep may have finished it
+            result = finished_result(PlannedRun(run.method, run.edit_lang, options.output / run.name))
         if result is None:
             pending.append(run)
             continue
