@@ -1,7 +1,7 @@
 """Per-case answers persisted as they are produced, so a killed run resumes where it stopped.
 
 `edited-hf ... answer_store=DIR` keeps one JSONL file per run identity (model weights fingerprint,
-method, resolved hparams, edit language, protocol, package version). Each line holds one finished
+method, resolved hparams, edit language, protocol, package version) and process (rank, case order). Each line holds one finished
 case: its answers keyed by request signature, and the failure reason if its edit failed. A line is
 written (and flushed to disk) only after the case is complete and the model restored, so a crash at
 any point loses at most the case in progress; a truncated last line is ignored on reading.
