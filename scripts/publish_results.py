@@ -75,14 +75,15 @@ def reverse_segments(sweep: Path, name: str) -> list[Path]:
     return [log for log in logs if log.is_file()]
 
 
-def resumed_from(started_at: int, segments: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]:
+def resumed_from(started_at: int, segments: list[tuple[int, int, float]], helped: bool = False) -> list[tuple[int, int, float]]:
     """The earlier processes whose answers the last one resumed from: going back from the newest, each must have
-    ended where the next began (a set-aside attempt whose answers were not kept, e.g. of other settings, is not)."""
+    ended where the next began (a set-aside attempt whose answers were not kept, e.g. of other settings, is not).
+    `helped`: a reverse sweep added cases between them, so a process may begin past where the previous one ended."""
     chain = []
     for start, end, seconds in reversed(segments):
         if started_at == 0:
             break
-        if end == started_at and start < end:
+        if start < end and (end == started_at or (helped and end < started_at)):
             chain.append((start, end, seconds))
             started_at = start
     return chain[::-1]
@@ -112,10 +113,10 @@ def main(argv: list[str] | None = None) -> int:
         command = log.splitlines()[0].lstrip("# ") if log else ""
         cases = result.cases if result.cases is not None else 0
         started_at, _, _ = segment(log)
-        earlier = resumed_from(started_at, [segment(read_log(path)) for path in earlier_segments(run)])
-        wall_cases = cases - started_at + sum(end - start for start, end, _ in earlier)
-        # A `--case-order reverse` sweep's processes answered cases the last process then took from the store.
+        # A `--case-order reverse` sweep's processes answered cases the forward ones then took from the store.
         helpers = [segment(read_log(path)) for path in reverse_segments(options.sweep, run.name)]
+        earlier = resumed_from(started_at, [segment(read_log(path)) for path in earlier_segments(run)], helped=bool(helpers))
+        wall_cases = cases - (earlier[0][0] if earlier else started_at)  # the first timed process began there
         if earlier or started_at or helpers:
             print(f"{run.name}: {len(earlier) + len(helpers) + 1} lm_eval processes"
                   + (f" ({len(helpers)} from the other end)" if helpers else "") + f", wall time covers {wall_cases} of {cases} cases")

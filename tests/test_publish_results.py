@@ -112,7 +112,10 @@ def test_set_aside_attempts_whose_answers_were_not_kept_are_not_counted(tmp_path
 def test_the_other_ends_processes_add_their_time(tmp_path, monkeypatch, capsys):
     _run(tmp_path, "memit_zh", TASKS, 100)
     sweep = tmp_path / "sweep"
-    (sweep / "memit_zh" / "lm_eval.log").write_text("# lm_eval\n" + _bar(0, 1037, "01:40"))
+    # Forward: 0 -> 500, set aside; the last process found 500 + the reverse sweep's 80 cases in the store.
+    (sweep / "memit_zh" / "lm_eval.log").write_text("# lm_eval\n" + _bar(580, 1037, "01:40"))
+    (sweep / ".incomplete" / "memit_zh-20261206-000000").mkdir(parents=True)
+    (sweep / ".incomplete" / "memit_zh-20261206-000000" / "lm_eval.log").write_text("# lm_eval\n" + _bar(0, 500, "30:00"))
     reverse = sweep / ".reverse"
     (reverse / "memit_zh").mkdir(parents=True)
     (reverse / "memit_zh" / "lm_eval.log").write_text("# lm_eval\n" + _bar(700, 1037, "10:00"))
@@ -121,6 +124,6 @@ def test_the_other_ends_processes_add_their_time(tmp_path, monkeypatch, capsys):
     (reverse / ".incomplete" / "memit_en-20261206-010000").mkdir(parents=True)  # another run's: not counted
     (reverse / ".incomplete" / "memit_en-20261206-010000" / "lm_eval.log").write_text(_bar(0, 9, "10:00:00"))
     assert _publish(monkeypatch, sweep, tmp_path / "out") == 0
-    assert "memit_zh: 3 lm_eval processes (2 from the other end)" in capsys.readouterr().out
+    assert "memit_zh: 4 lm_eval processes (2 from the other end), wall time covers 1037 of 1037" in capsys.readouterr().out
     (row,) = csv.DictReader((tmp_path / "out" / "runs.csv").open())
-    assert (row["wall_s"], row["segments"], row["wall_cases"]) == (str(100 + 600 + 1200), "3", "1037")
+    assert (row["wall_s"], row["segments"], row["wall_cases"]) == (str(100 + 1800 + 600 + 1200), "4", "1037")
