@@ -65,14 +65,10 @@ def earlier_segments(run: Path) -> list[Path]:
 
 
 def reverse_segments(sweep: Path, name: str) -> list[Path]:
-    """Logs of a `--case-order reverse` sweep's processes for run `name`: the latest and any it set aside."""
-    folder = sweep / REVERSE_DIR
-    logs = [folder / name / RUN_LOG_NAME]
-    pattern = re.compile(rf"^{re.escape(name)}-\d{{8}}-\d{{6}}$")
-    aside = folder / INCOMPLETE_DIR
-    if aside.is_dir():
-        logs += [p / RUN_LOG_NAME for p in sorted(aside.iterdir()) if pattern.match(p.name)]
-    return [log for log in logs if log.is_file()]
+    """Logs of a `--case-order reverse` sweep's processes for run `name`: any it set aside, and the latest."""
+    run = sweep / REVERSE_DIR / name
+    latest = run / RUN_LOG_NAME
+    return earlier_segments(run) + ([latest] if latest.is_file() else [])
 
 
 def resumed_from(started_at: int, segments: list[tuple[int, int, float]], helped: bool = False) -> list[tuple[int, int, float]]:

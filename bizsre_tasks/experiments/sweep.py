@@ -146,10 +146,10 @@ def _validate_files(options: SweepOptions) -> None:
 
 
 def plan_runs(options: SweepOptions) -> list[PlannedRun]:
-    if options.case_order == "reverse":
-        runs = [PlannedRun(m, lang, options.output / REVERSE_DIR / f"{m}_{lang}") for m in options.methods for lang in options.edit_langs]
-        return runs[::-1]
-    return [PlannedRun(m, lang, options.output / f"{m}_{lang}") for m in options.methods for lang in options.edit_langs]
+    reverse = options.case_order == "reverse"
+    folder = options.output / REVERSE_DIR if reverse else options.output
+    runs = [PlannedRun(m, lang, folder / f"{m}_{lang}") for m in options.methods for lang in options.edit_langs]
+    return runs[::-1] if reverse else runs
 
 
 def model_args(run: PlannedRun, options: SweepOptions) -> dict[str, str]:
