@@ -36,10 +36,12 @@ def section(rows: list[dict], expected: list[str], training: dict[str, float], n
     for name, seconds in sorted(training.items()):
         total += seconds
         lines.append(f"| training: {name} | | 1 | {seconds:,.0f} | |")
-    lines += ["", f"Total so far: {total:,.0f} s ({total / 3600:.2f} h) of compute for {len(rows)} finished run(s)"
-              + (f" and {len(training)} training run(s)" if training else "") + "."]
     done = {row["run"] for row in rows}
     missing = [run for run in expected if run not in done]
+    # "so far" only while runs of the sweep are missing; with all of them it is the whole sweep's time
+    label = "Total so far" if missing else "Total, the whole sweep"
+    lines += ["", f"{label}: {total:,.0f} s ({total / 3600:.2f} h) of compute for {len(rows)} finished run(s)"
+              + (f" and {len(training)} training run(s)" if training else "") + "."]
     if missing:
         lines.append(f"Not finished yet ({len(missing)} of {len(expected)} runs): {', '.join(missing)}.")
     if note:

@@ -35,6 +35,16 @@ def test_the_section_lists_runs_totals_and_what_is_missing(tmp_path, monkeypatch
     assert bench.read_text().count("## Paper sweep") == 1 and "| none_en | 1037 | 1 | 1,000 | 0.96 |" in bench.read_text()
 
 
+def test_with_every_run_the_total_is_the_whole_sweep(tmp_path, monkeypatch):
+    runs = tmp_path / "runs.csv"
+    runs.write_text(CSV)
+    bench = tmp_path / "BENCHMARKS.md"
+    assert _run(monkeypatch, runs, "--expected", "none,ft", "--edit-langs", "en", "--out", bench) == 0
+    text = bench.read_text()
+    assert "Total, the whole sweep: 8,348 s (2.32 h) of compute for 2 finished run(s)." in text
+    assert "so far" not in text and "Not finished" not in text
+
+
 def test_bad_training_time_is_refused(tmp_path, monkeypatch):
     runs = tmp_path / "runs.csv"
     runs.write_text(CSV)
